@@ -1,0 +1,33 @@
+# The two commands a new machine needs (see README.md):
+#   make run    set up, then run the main job (a self-check of the fused head on this device)
+#   make test   set up, then run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup run test lint format
+
+# torch is installed first, alone, under constraints.txt (the local CPU wheel): installed later or
+# as a dependency, pip would fetch the newest torch with several GB of CUDA packages.
+$(BIN)/.installed: pyproject.toml setup.py constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch
+	$(BIN)/python -m pip install --quiet -c constraints.txt --no-build-isolation -e ".[test,bench,dev]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+run: setup
+	$(BIN)/python -m qa_kernels selfcheck
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .

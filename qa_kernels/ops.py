@@ -1,0 +1,130 @@
+"""The torch.library registry: one op pair, a fake kernel for tracing, autograd, per-device kernels.
+
+``qa_kernels::qa_head_fwd`` computes both logits, and with labels the loss plus the per-row
+logsumexp and per-side gradient scale that the backward needs. ``qa_kernels::qa_head_bwd`` computes
+the input gradients from those. Which implementation (Triton, native, torch) runs a call is decided
+once, here, by :func:`qa_kernels.backend.implementation`; every implementation module exposes the
+same two functions with the same signatures as the ops below.
+
+Because the ops are opaque custom ops with fake kernels, ``torch.compile(fullgraph=True)`` traces
+code that calls them with no graph break, and ``torch.library.opcheck`` tests the registration.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .backend import implementation
+
+# Positions and num_items enter the ops as optional tensors; `num_items_value` carries a Python
+# number, so an int `num_items_in_batch` never becomes a host-to-device copy.
+
+
+@torch.library.custom_op("qa_kernels::qa_head_fwd", mutates_args=())
+def qa_head_fwd(
+    hidden: Tensor,  # (B, S, H)
+    weight: Tensor,  # (2, H)
+    bias: Optional[Tensor],  # (2,)
+    start_positions: Optional[Tensor],  # (B,) int32/int64
+    end_positions: Optional[Tensor],  # (B,) int32/int64
+    num_items: Optional[Tensor],  # () scalar tensor: sum / num_items instead of the mean
+    num_items_value: Optional[float],  # the same as a Python number
+    cast_dtype: Optional[torch.dtype],  # autocast dtype: inputs rounded to it, logits stored in it
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns ``(start_logits (B, S), end_logits (B, S), loss (), lse (B, 2), scale (2,))``.
+
+    Without labels, ``loss``, ``lse`` and ``scale`` are empty float32 tensors of shape ``(0,)``.
+    ``lse`` is each row's float32 logsumexp per side; ``scale[k]`` is ``1 / (2 * n_k)`` with ``n_k``
+    the side's valid-row count, or ``num_items`` (the loss's derivative w.r.t. one row's NLL).
+    """
+    impl = implementation(hidden.device.type)
+    return impl.qa_head_fwd(
+        hidden, weight, bias, start_positions, end_positions, num_items, num_items_value, cast_dtype
+    )
+
+
+@qa_head_fwd.register_fake
+def _(hidden, weight, bias, start_positions, end_positions, num_items, num_items_value, cast_dtype):
+    B, S, _ = hidden.shape
+    out_dtype = cast_dtype or hidden.dtype
+    start = hidden.new_empty((B, S), dtype=out_dtype)
+    end = hidden.new_empty((B, S), dtype=out_dtype)
+    if start_positions is None or end_positions is None:
+        empty = hidden.new_empty((0,), dtype=torch.float32)
+        return start, end, empty, empty.clone(), empty.clone()
+    loss = hidden.new_empty((), dtype=torch.float32)
+    lse = hidden.new_empty((B, 2), dtype=torch.float32)
+    scale = hidden.new_empty((2,), dtype=torch.float32)
+    return start, end, loss, lse, scale
+
+
+@torch.library.custom_op("qa_kernels::qa_head_bwd", mutates_args=())
+def qa_head_bwd(
+    grad_start: Optional[Tensor],  # (B, S) upstream gradient of start_logits
+    grad_end: Optional[Tensor],  # (B, S) upstream gradient of end_logits
+    grad_loss: Optional[Tensor],  # () upstream gradient of loss
+    hidden: Tensor,  # (B, S, H)
+    weight: Tensor,  # (2, H)
+    start_logits: Tensor,  # (B, S) saved forward output
+    end_logits: Tensor,  # (B, S) saved forward output
+    lse: Tensor,  # (B, 2) float32, or (0,) without labels
+    scale: Tensor,  # (2,) float32, or (0,) without labels
+    start_positions: Optional[Tensor],  # (B,)
+    end_positions: Optional[Tensor],  # (B,)
+    cast_dtype: Optional[torch.dtype],
+    needs_grad_hidden: bool,
+    needs_grad_weight: bool,
+    needs_grad_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns ``(grad_hidden (B, S, H), grad_weight (2, H), grad_bias (2,) float32)``.
+
+    A gradient that is not needed comes back as an empty tensor of shape ``(0,)`` and costs nothing.
+    """
+    impl = implementation(hidden.device.type)
+    return impl.qa_head_bwd(
+        grad_start, grad_end, grad_loss, hidden, weight, start_logits, end_logits, lse, scale,
+        start_positions, end_positions, cast_dtype,
+        needs_grad_hidden, needs_grad_weight, needs_grad_bias,
+    )  # fmt: skip
+
+
+@qa_head_bwd.register_fake
+def _(grad_start, grad_end, grad_loss, hidden, weight, start_logits, end_logits, lse, scale,
+      start_positions, end_positions, cast_dtype,
+      needs_grad_hidden, needs_grad_weight, needs_grad_bias):  # fmt: skip
+    empty = hidden.new_empty((0,), dtype=torch.float32)
+    grad_hidden = hidden.new_empty(hidden.shape) if needs_grad_hidden else empty
+    grad_weight = weight.new_empty(weight.shape) if needs_grad_weight else empty.clone()
+    grad_bias = hidden.new_empty((2,), dtype=torch.float32) if needs_grad_bias else empty.clone()
+    return grad_hidden, grad_weight, grad_bias
+
+
+def _setup_context(ctx, inputs, output):
+    hidden, weight, bias, start_positions, end_positions, _, _, cast_dtype = inputs
+    start_logits, end_logits, _, lse, scale = output
+    ctx.save_for_backward(hidden, weight, start_logits, end_logits, lse, scale, start_positions, end_positions)
+    ctx.cast_dtype = cast_dtype
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _backward(ctx, grad_start, grad_end, grad_loss, _grad_lse, _grad_scale):
+    hidden, weight, start_logits, end_logits, lse, scale, start_pos, end_pos = ctx.saved_tensors
+    needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+    if lse.numel() == 0:  # no labels: the loss output is an empty placeholder
+        grad_loss = None
+    grad_hidden, grad_weight, grad_bias = qa_head_bwd(
+        grad_start, grad_end, grad_loss, hidden, weight, start_logits, end_logits, lse, scale,
+        start_pos, end_pos, ctx.cast_dtype, needs_hidden, needs_weight, needs_bias,
+    )  # fmt: skip
+    return (
+        grad_hidden if needs_hidden else None,
+        grad_weight if needs_weight else None,
+        grad_bias.to(ctx.bias_dtype) if needs_bias else None,
+        None, None, None, None, None,
+    )  # fmt: skip
+
+
+torch.library.register_autograd("qa_kernels::qa_head_fwd", _backward, setup_context=_setup_context)

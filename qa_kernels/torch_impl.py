@@ -1,0 +1,87 @@
+"""The ops written with PyTorch operators: the fallback on any device (and CPU's default until the
+native extension is built). Same math and rounding points as the Triton kernels, no fusion."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _mm_dtype(hidden: Tensor, weight: Tensor, cast_dtype: Optional[torch.dtype]) -> torch.dtype:
+    """The dtype the projection multiplies in (accumulation is float32 in every case)."""
+    if cast_dtype is not None:  # autocast: nn.Linear casts hidden, weight and bias
+        return cast_dtype
+    return hidden.dtype if weight.dtype == hidden.dtype else torch.float32
+
+
+def _targets(positions: Tensor, S: int) -> tuple[Tensor, Tensor]:
+    """Clamped targets (B,) int64 and their validity: negative -> 0, >= S -> ignored (== S)."""
+    targets = positions.long().clamp(0, S)
+    return targets, targets != S
+
+
+def qa_head_fwd(hidden, weight, bias, start_positions, end_positions, num_items, num_items_value, cast_dtype):
+    B, S, _ = hidden.shape
+    out_dtype = cast_dtype or hidden.dtype
+    mm = _mm_dtype(hidden, weight, cast_dtype)
+    with torch.autocast(hidden.device.type, enabled=False):
+        logits = F.linear(hidden.to(mm), weight.to(mm), None if bias is None else bias.to(mm))
+    # Fresh (B, S) outputs: a custom op's outputs may not alias each other or an input.
+    start = torch.empty((B, S), dtype=out_dtype, device=hidden.device).copy_(logits[..., 0])
+    end = torch.empty((B, S), dtype=out_dtype, device=hidden.device).copy_(logits[..., 1])
+    if start_positions is None or end_positions is None:
+        empty = hidden.new_empty((0,), dtype=torch.float32)
+        return start, end, empty, empty.clone(), empty.clone()
+
+    x = torch.stack([start, end], dim=1).float()  # (B, 2, S), the stored (rounded) logits
+    lse = x.logsumexp(dim=-1)  # (B, 2)
+    targets, valid = _targets(torch.stack([start_positions, end_positions], dim=1), S)
+    x_target = x.gather(2, targets.clamp(max=S - 1).unsqueeze(-1)).squeeze(-1)  # (B, 2)
+    nll_sum = torch.where(valid, lse - x_target, 0.0).sum(dim=0)  # (2,)
+    if num_items is not None:
+        denom = num_items.to(torch.float32).expand(2)
+    elif num_items_value is not None:
+        denom = torch.full((2,), num_items_value, dtype=torch.float32, device=hidden.device)
+    else:
+        denom = valid.sum(dim=0).to(torch.float32)  # 0 valid rows -> 0/0 = NaN, as eager
+    loss = (nll_sum / denom).sum() / 2
+    scale = 0.5 / denom
+    return start, end, loss, lse.contiguous(), scale
+
+
+def qa_head_bwd(
+    grad_start, grad_end, grad_loss, hidden, weight, start_logits, end_logits, lse, scale,
+    start_positions, end_positions, cast_dtype,
+    needs_grad_hidden, needs_grad_weight, needs_grad_bias,
+):  # fmt: skip
+    B, S, H = hidden.shape
+    mm = _mm_dtype(hidden, weight, cast_dtype)
+    # d_logits[b, s, k] = grad_logits_k + grad_loss * scale_k * (softmax_k[b, s] - onehot(target)),
+    # zero on ignored rows (their scale may be inf when a side has no valid row).
+    d = torch.zeros((B, 2, S), dtype=torch.float32, device=hidden.device)
+    if grad_loss is not None:
+        x = torch.stack([start_logits, end_logits], dim=1).float()
+        targets, valid = _targets(torch.stack([start_positions, end_positions], dim=1), S)
+        p = torch.exp(x - lse.unsqueeze(-1))
+        p = p - F.one_hot(targets, S + 1)[..., :S].to(p.dtype)
+        d = torch.where(valid.unsqueeze(-1), p * (scale * grad_loss.float()).view(1, 2, 1), 0.0)
+    if grad_start is not None:
+        d[:, 0] += grad_start.float()
+    if grad_end is not None:
+        d[:, 1] += grad_end.float()
+    d = d.transpose(1, 2)  # (B, S, 2) float32
+
+    empty = hidden.new_empty((0,), dtype=torch.float32)
+    grad_hidden, grad_weight, grad_bias = empty, empty.clone(), empty.clone()
+    with torch.autocast(hidden.device.type, enabled=False):
+        if needs_grad_hidden:
+            grad_hidden = (d @ weight.to(mm).float()).to(hidden.dtype)
+        if needs_grad_weight:
+            h = hidden.to(mm).reshape(B * S, H).float()
+            grad_weight = (d.reshape(B * S, 2).t() @ h).to(weight.dtype)
+        if needs_grad_bias:
+            grad_bias = d.sum(dim=(0, 1))
+    return grad_hidden, grad_weight, grad_bias

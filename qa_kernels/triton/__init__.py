@@ -1,0 +1,1 @@
+"""Triton kernels (CUDA; CPU tensors through Triton's interpreter, TRITON_INTERPRET=1)."""

@@ -1,0 +1,416 @@
+"""Triton kernels for the fused QA head, and the launchers that allocate outputs and pick blocks.
+
+Forward (2 launches):
+  _qa_logits_kernel   one pass over hidden: both logits of each token, written straight into the
+                      two (B, S) outputs (no (B, S, 2) intermediate, no split copy).
+  _qa_loss_kernel     one program: per-row logsumexp in fp32 (online over S), clamp/ignore of the
+                      positions, the mean (or sum / num_items) per side, the loss, and the per-side
+                      gradient scale for the backward. Everything stays on the device.
+Backward (2 launches):
+  _qa_head_bwd_kernel d_logits from the saved logits, then one pass over H that writes grad_hidden
+                      and per-block fp32 partials of grad_weight / grad_bias.
+  _qa_reduce_kernel   sums the partials in a fixed order: deterministic, no float atomics.
+
+Bytes that must move (the floor): forward reads hidden once; backward reads hidden once more (for
+grad_weight; in training it often hits L2, the forward having just read it) and writes grad_hidden
+once. Everything else is O(B * S) or O(H).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..backend import triton_interpreter_on
+
+# ----------------------------------------------------------------------------------------------
+# Launch heuristics, in one place. The interpreter's cost is per program and per op, so it gets
+# the largest blocks; on a GPU the blocks keep register use moderate and many programs in flight.
+# ----------------------------------------------------------------------------------------------
+#                       BLOCK_S  BLOCK_H  num_warps
+_GPU_TOKEN_BLOCKS = (32, 256, 4)
+_INTERPRETER_TOKEN_BLOCKS = (256, 1024, 1)
+_GPU_LOSS_TILE = 4096  # elements of logits one loss-kernel step holds (BLOCK_B x BLOCK_S)
+_INTERPRETER_LOSS_TILE = 1 << 16
+_GPU_REDUCE_BLOCKS = (64, 128)  # (BLOCK_P, BLOCK_H) for the partials reduction
+_INTERPRETER_REDUCE_BLOCKS = (256, 1024)
+
+
+def _pow2(n: int, cap: int) -> int:
+    """The smallest power of two >= n (at least 1), at most ``cap``."""
+    return min(triton.next_power_of_2(max(n, 1)), cap)
+
+
+def _token_blocks(S: int, H: int) -> tuple[int, int, int]:
+    block_s, block_h, warps = _INTERPRETER_TOKEN_BLOCKS if triton_interpreter_on() else _GPU_TOKEN_BLOCKS
+    return _pow2(S, block_s), _pow2(H, block_h), warps
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _qa_logits_kernel(
+    hidden_ptr, weight_ptr, bias_ptr, start_ptr, end_ptr,  # pointers
+    S, H,  # sizes
+    stride_hb, stride_hs, stride_hh, stride_wk, stride_wh, stride_bias,  # strides
+    HAS_BIAS: tl.constexpr, ROUND_INPUTS: tl.constexpr,  # meta
+    BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    # start[b, s] = sum_h hidden[b, s, h] * weight[0, h] + bias[0]   (fp32 accumulation)
+    # end[b, s]   = sum_h hidden[b, s, h] * weight[1, h] + bias[1]
+    # ROUND_INPUTS (autocast): inputs are first rounded to the output dtype, as nn.Linear's
+    # autocast casts would round them, without materializing the cast copy of hidden.
+    out_ty = start_ptr.dtype.element_ty
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs_s = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
+    mask_s = offs_s < S
+    rows = hidden_ptr + pid_b * stride_hb + offs_s.to(tl.int64)[:, None] * stride_hs
+    acc_start = tl.zeros([BLOCK_S], dtype=tl.float32)
+    acc_end = tl.zeros([BLOCK_S], dtype=tl.float32)
+    for hb in range(0, tl.cdiv(H, BLOCK_H)):
+        offs_h = hb * BLOCK_H + tl.arange(0, BLOCK_H)
+        mask_h = offs_h < H
+        x = tl.load(rows + offs_h.to(tl.int64)[None, :] * stride_hh,
+                    mask=mask_s[:, None] & mask_h[None, :], other=0.0)  # fmt: skip
+        w0 = tl.load(weight_ptr + offs_h * stride_wh, mask=mask_h, other=0.0)
+        w1 = tl.load(weight_ptr + stride_wk + offs_h * stride_wh, mask=mask_h, other=0.0)
+        if ROUND_INPUTS:
+            x, w0, w1 = x.to(out_ty), w0.to(out_ty), w1.to(out_ty)
+        x = x.to(tl.float32)
+        acc_start += tl.sum(x * w0.to(tl.float32)[None, :], axis=1)
+        acc_end += tl.sum(x * w1.to(tl.float32)[None, :], axis=1)
+    if HAS_BIAS:
+        b0 = tl.load(bias_ptr)
+        b1 = tl.load(bias_ptr + stride_bias)
+        if ROUND_INPUTS:
+            b0, b1 = b0.to(out_ty), b1.to(out_ty)
+        acc_start += b0.to(tl.float32)
+        acc_end += b1.to(tl.float32)
+    out = pid_b * S + offs_s
+    tl.store(start_ptr + out, acc_start.to(out_ty), mask=mask_s)
+    tl.store(end_ptr + out, acc_end.to(out_ty), mask=mask_s)
+
+
+@triton.jit
+def _clamp_target(pos, S):
+    """Positions clamped to [0, S]: negative -> 0 (eager trains them towards token 0), >= S -> S,
+    the ignore index. Returns the target and whether the row counts."""
+    target = tl.minimum(tl.maximum(pos.to(tl.int64), 0), S)
+    return target, target != S
+
+
+@triton.jit
+def _cross_entropy_rows(
+    logits_ptr, pos_ptr,  # pointers
+    rows, mask_b, S, stride_pos,  # rows (BLOCK_B,) int64, sizes, strides
+    BLOCK_B: tl.constexpr, BLOCK_S: tl.constexpr,
+):  # fmt: skip
+    # lse[b] = logsumexp_s x[b, s]  (online over S in BLOCK_S chunks: m = running max, l = sum)
+    # nll[b] = lse[b] - x[b, target[b]]  on valid rows, 0 on ignored ones
+    row_base = rows * S
+    m = tl.full([BLOCK_B], float("-inf"), dtype=tl.float32)
+    l = tl.zeros([BLOCK_B], dtype=tl.float32)
+    for sb in range(0, tl.cdiv(S, BLOCK_S)):
+        cols = sb * BLOCK_S + tl.arange(0, BLOCK_S)
+        x = tl.load(logits_ptr + row_base[:, None] + cols[None, :],
+                    mask=mask_b[:, None] & (cols < S)[None, :], other=float("-inf")).to(tl.float32)  # fmt: skip
+        x = tl.where(mask_b[:, None], x, 0.0)  # rows past B: finite, so no inf - inf below
+        m_new = tl.maximum(m, tl.max(x, axis=1))
+        l = l * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
+        m = m_new
+    lse = m + tl.log(l)
+    target, valid = _clamp_target(tl.load(pos_ptr + rows * stride_pos, mask=mask_b, other=0), S)
+    valid = valid & mask_b
+    x_target = tl.load(logits_ptr + row_base + target, mask=valid, other=0.0).to(tl.float32)
+    nll = tl.where(valid, lse - x_target, 0.0)
+    return lse, nll, valid
+
+
+@triton.jit
+def _qa_loss_kernel(
+    start_ptr, end_ptr, start_pos_ptr, end_pos_ptr, num_items_ptr,  # pointers (inputs)
+    loss_ptr, lse_ptr, scale_ptr,  # pointers (outputs)
+    B, S, num_items_value,  # sizes, scalars
+    stride_sp, stride_ep,  # strides
+    NUM_ITEMS_MODE: tl.constexpr,  # 0: mean over valid rows, 1: / num_items_value, 2: / *num_items_ptr
+    BLOCK_B: tl.constexpr, BLOCK_S: tl.constexpr,
+):  # fmt: skip
+    # side_k = sum_b nll_k[b] / n_k   (n_k = valid rows of side k, or num_items)
+    # loss = (side_0 + side_1) / 2;  scale_k = dloss / dnll_k[b] = 1 / (2 n_k)
+    # One program, fixed order: the loss is deterministic and needs no second launch.
+    acc_nll_s = tl.zeros([BLOCK_B], dtype=tl.float32)
+    acc_nll_e = tl.zeros([BLOCK_B], dtype=tl.float32)
+    acc_cnt_s = tl.zeros([BLOCK_B], dtype=tl.float32)
+    acc_cnt_e = tl.zeros([BLOCK_B], dtype=tl.float32)
+    for bb in range(0, tl.cdiv(B, BLOCK_B)):
+        rows = (bb * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+        mask_b = rows < B
+        lse_s, nll_s, valid_s = _cross_entropy_rows(start_ptr, start_pos_ptr, rows, mask_b, S,
+                                                    stride_sp, BLOCK_B, BLOCK_S)  # fmt: skip
+        lse_e, nll_e, valid_e = _cross_entropy_rows(end_ptr, end_pos_ptr, rows, mask_b, S,
+                                                    stride_ep, BLOCK_B, BLOCK_S)  # fmt: skip
+        tl.store(lse_ptr + rows * 2, lse_s, mask=mask_b)
+        tl.store(lse_ptr + rows * 2 + 1, lse_e, mask=mask_b)
+        acc_nll_s += nll_s
+        acc_nll_e += nll_e
+        acc_cnt_s += valid_s.to(tl.float32)
+        acc_cnt_e += valid_e.to(tl.float32)
+    if NUM_ITEMS_MODE == 0:
+        denom_s = tl.sum(acc_cnt_s, axis=0)  # 0 valid rows: 0 / 0 = NaN, as eager
+        denom_e = tl.sum(acc_cnt_e, axis=0)
+    elif NUM_ITEMS_MODE == 1:
+        denom_s = num_items_value
+        denom_e = num_items_value
+    else:
+        denom_s = tl.load(num_items_ptr).to(tl.float32)
+        denom_e = denom_s
+    loss = (tl.sum(acc_nll_s, axis=0) / denom_s + tl.sum(acc_nll_e, axis=0) / denom_e) / 2
+    tl.store(loss_ptr, loss)
+    tl.store(scale_ptr, 0.5 / denom_s)
+    tl.store(scale_ptr + 1, 0.5 / denom_e)
+
+
+@triton.jit
+def _cross_entropy_grad(
+    logits_ptr, pos_ptr, lse_ptr, scale_ptr,  # pointers, already offset to this row / side
+    offs_s, mask_s, S, grad_loss,
+):  # fmt: skip
+    # d x[b, s] = grad_loss * scale * (exp(x[b, s] - lse[b]) - [s == target[b]]), 0 on ignored rows
+    # (tl.where, not a product: with no valid row the scale is inf)
+    target, valid = _clamp_target(tl.load(pos_ptr), S)
+    x = tl.load(logits_ptr + offs_s, mask=mask_s, other=0.0).to(tl.float32)
+    p = tl.exp(x - tl.load(lse_ptr))
+    d = (p - tl.where(offs_s == target, 1.0, 0.0)) * (tl.load(scale_ptr) * grad_loss)
+    return tl.where(mask_s & valid, d, 0.0)
+
+
+@triton.jit
+def _qa_head_bwd_kernel(
+    hidden_ptr, weight_ptr, start_ptr, end_ptr,  # pointers (forward inputs / outputs)
+    grad_start_ptr, grad_end_ptr, grad_loss_ptr,  # pointers (upstream gradients)
+    lse_ptr, scale_ptr, start_pos_ptr, end_pos_ptr,  # pointers (saved loss state)
+    grad_hidden_ptr, partial_w_ptr, partial_b_ptr,  # pointers (outputs)
+    S, H,  # sizes
+    stride_hb, stride_hs, stride_hh, stride_wk, stride_wh, stride_sp, stride_ep,  # strides
+    HAS_GRAD_START: tl.constexpr, HAS_GRAD_END: tl.constexpr, HAS_GRAD_LOSS: tl.constexpr,  # meta
+    ROUND_INPUTS: tl.constexpr, WRITE_GRAD_HIDDEN: tl.constexpr,
+    WRITE_PARTIAL_W: tl.constexpr, WRITE_PARTIAL_B: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    # d_k[b, s]          = grad_logits_k[b, s] + cross-entropy gradient (above), kept in fp32
+    #                      (eager rounds it to the logits' dtype; one rounding fewer here)
+    # grad_hidden[b,s,:] = d_0[b, s] * weight[0, :] + d_1[b, s] * weight[1, :]
+    # partial_w[p, k, :] = sum_{s in block p} d_k[b, s] * hidden[b, s, :]   (fp32)
+    # partial_b[p, k]    = sum_{s in block p} d_k[b, s]
+    out_ty = start_ptr.dtype.element_ty
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_s = tl.program_id(1)
+    block = pid_b * tl.num_programs(1) + pid_s  # this program's row in the partials
+    offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
+    mask_s = offs_s < S
+    tok = pid_b * S + offs_s  # index into the contiguous (B, S) logits and their gradients
+
+    d_start = tl.zeros([BLOCK_S], dtype=tl.float32)
+    d_end = tl.zeros([BLOCK_S], dtype=tl.float32)
+    if HAS_GRAD_START:
+        d_start += tl.load(grad_start_ptr + tok, mask=mask_s, other=0.0).to(tl.float32)
+    if HAS_GRAD_END:
+        d_end += tl.load(grad_end_ptr + tok, mask=mask_s, other=0.0).to(tl.float32)
+    if HAS_GRAD_LOSS:
+        grad_loss = tl.load(grad_loss_ptr).to(tl.float32)
+        d_start += _cross_entropy_grad(start_ptr + pid_b * S, start_pos_ptr + pid_b * stride_sp,
+                                       lse_ptr + pid_b * 2, scale_ptr, offs_s, mask_s, S, grad_loss)  # fmt: skip
+        d_end += _cross_entropy_grad(end_ptr + pid_b * S, end_pos_ptr + pid_b * stride_ep,
+                                     lse_ptr + pid_b * 2 + 1, scale_ptr + 1, offs_s, mask_s, S,
+                                     grad_loss)  # fmt: skip
+    if WRITE_PARTIAL_B:
+        tl.store(partial_b_ptr + block * 2, tl.sum(d_start, axis=0))
+        tl.store(partial_b_ptr + block * 2 + 1, tl.sum(d_end, axis=0))
+
+    rows = hidden_ptr + pid_b * stride_hb + offs_s.to(tl.int64)[:, None] * stride_hs
+    grad_rows = grad_hidden_ptr + tok[:, None] * H
+    num_h_blocks = tl.cdiv(H, BLOCK_H) if (WRITE_GRAD_HIDDEN or WRITE_PARTIAL_W) else 0
+    for hb in range(0, num_h_blocks):
+        offs_h = hb * BLOCK_H + tl.arange(0, BLOCK_H)
+        mask_h = offs_h < H
+        mask = mask_s[:, None] & mask_h[None, :]
+        if WRITE_GRAD_HIDDEN:
+            w0 = tl.load(weight_ptr + offs_h * stride_wh, mask=mask_h, other=0.0)
+            w1 = tl.load(weight_ptr + stride_wk + offs_h * stride_wh, mask=mask_h, other=0.0)
+            if ROUND_INPUTS:
+                w0, w1 = w0.to(out_ty), w1.to(out_ty)
+            g = (d_start[:, None] * w0.to(tl.float32)[None, :]
+                 + d_end[:, None] * w1.to(tl.float32)[None, :])  # fmt: skip
+            tl.store(grad_rows + offs_h[None, :], g.to(grad_hidden_ptr.dtype.element_ty), mask=mask)
+        if WRITE_PARTIAL_W:
+            x = tl.load(rows + offs_h.to(tl.int64)[None, :] * stride_hh, mask=mask, other=0.0)
+            if ROUND_INPUTS:
+                x = x.to(out_ty)
+            x = x.to(tl.float32)
+            part = partial_w_ptr + block * 2 * H + offs_h
+            tl.store(part, tl.sum(x * d_start[:, None], axis=0), mask=mask_h)
+            tl.store(part + H, tl.sum(x * d_end[:, None], axis=0), mask=mask_h)
+
+
+@triton.jit
+def _qa_reduce_kernel(
+    partial_w_ptr, partial_b_ptr, grad_w_ptr, grad_b_ptr,  # pointers
+    P, H,  # sizes: partial rows, hidden
+    stride_gwk, stride_gwh,  # strides
+    WRITE_GRAD_W: tl.constexpr, WRITE_GRAD_B: tl.constexpr,  # meta
+    BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    # grad_weight[k, h] = sum_p partial_w[p, k, h];  grad_bias[k] = sum_p partial_b[p, k]
+    # Same order every call: bitwise deterministic.
+    pid = tl.program_id(0)
+    if WRITE_GRAD_W:
+        offs_h = pid * BLOCK_H + tl.arange(0, BLOCK_H)
+        mask_h = offs_h < H
+        acc0 = tl.zeros([BLOCK_P, BLOCK_H], dtype=tl.float32)
+        acc1 = tl.zeros([BLOCK_P, BLOCK_H], dtype=tl.float32)
+        for pb in range(0, tl.cdiv(P, BLOCK_P)):
+            offs_p = (pb * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
+            ptrs = partial_w_ptr + offs_p[:, None] * 2 * H + offs_h[None, :]
+            mask = (offs_p < P)[:, None] & mask_h[None, :]
+            acc0 += tl.load(ptrs, mask=mask, other=0.0)
+            acc1 += tl.load(ptrs + H, mask=mask, other=0.0)
+        out_ty = grad_w_ptr.dtype.element_ty
+        tl.store(grad_w_ptr + offs_h * stride_gwh, tl.sum(acc0, axis=0).to(out_ty), mask=mask_h)
+        tl.store(grad_w_ptr + stride_gwk + offs_h * stride_gwh, tl.sum(acc1, axis=0).to(out_ty),
+                 mask=mask_h)  # fmt: skip
+    if WRITE_GRAD_B:
+        if pid == 0:
+            acc_b0 = tl.zeros([BLOCK_P], dtype=tl.float32)
+            acc_b1 = tl.zeros([BLOCK_P], dtype=tl.float32)
+            for pb in range(0, tl.cdiv(P, BLOCK_P)):
+                offs_p = (pb * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
+                mask_p = offs_p < P
+                acc_b0 += tl.load(partial_b_ptr + offs_p * 2, mask=mask_p, other=0.0)
+                acc_b1 += tl.load(partial_b_ptr + offs_p * 2 + 1, mask=mask_p, other=0.0)
+            tl.store(grad_b_ptr, tl.sum(acc_b0, axis=0))
+            tl.store(grad_b_ptr + 1, tl.sum(acc_b1, axis=0))
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers: same signatures as the ops in qa_kernels/ops.py
+# ----------------------------------------------------------------------------------------------
+
+
+def qa_head_fwd(
+    hidden: Tensor,  # (B, S, H) any strides
+    weight: Tensor,  # (2, H)
+    bias: Optional[Tensor],  # (2,)
+    start_positions: Optional[Tensor],  # (B,)
+    end_positions: Optional[Tensor],  # (B,)
+    num_items: Optional[Tensor],  # ()
+    num_items_value: Optional[float],
+    cast_dtype: Optional[torch.dtype],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    B, S, H = hidden.shape
+    out_dtype = cast_dtype or hidden.dtype
+    start = torch.empty((B, S), dtype=out_dtype, device=hidden.device)
+    end = torch.empty((B, S), dtype=out_dtype, device=hidden.device)
+    block_s, block_h, warps = _token_blocks(S, H)
+    if B > 0:
+        _qa_logits_kernel[(B, triton.cdiv(S, block_s))](
+            hidden, weight, bias if bias is not None else weight, start, end,
+            S, H,
+            *hidden.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0,
+            HAS_BIAS=bias is not None, ROUND_INPUTS=cast_dtype is not None,
+            BLOCK_S=block_s, BLOCK_H=block_h, num_warps=warps,
+        )  # fmt: skip
+    if start_positions is None or end_positions is None:
+        empty = hidden.new_empty((0,), dtype=torch.float32)
+        return start, end, empty, empty.clone(), empty.clone()
+
+    loss = torch.empty((), dtype=torch.float32, device=hidden.device)
+    lse = torch.empty((B, 2), dtype=torch.float32, device=hidden.device)
+    scale = torch.empty((2,), dtype=torch.float32, device=hidden.device)
+    tile = _INTERPRETER_LOSS_TILE if triton_interpreter_on() else _GPU_LOSS_TILE
+    block_s_loss = _pow2(S, tile)
+    block_b = _pow2(B, max(1, tile // block_s_loss))
+    mode = 2 if num_items is not None else (1 if num_items_value is not None else 0)
+    _qa_loss_kernel[(1,)](
+        start, end, start_positions, end_positions, num_items if num_items is not None else loss,
+        loss, lse, scale,
+        B, S, float(num_items_value) if num_items_value is not None else 1.0,
+        start_positions.stride(0), end_positions.stride(0),
+        NUM_ITEMS_MODE=mode, BLOCK_B=block_b, BLOCK_S=block_s_loss,
+        num_warps=1 if triton_interpreter_on() else 4,
+    )  # fmt: skip
+    return start, end, loss, lse, scale
+
+
+def qa_head_bwd(
+    grad_start: Optional[Tensor],  # (B, S)
+    grad_end: Optional[Tensor],  # (B, S)
+    grad_loss: Optional[Tensor],  # ()
+    hidden: Tensor,  # (B, S, H)
+    weight: Tensor,  # (2, H)
+    start_logits: Tensor,  # (B, S)
+    end_logits: Tensor,  # (B, S)
+    lse: Tensor,  # (B, 2)
+    scale: Tensor,  # (2,)
+    start_positions: Optional[Tensor],  # (B,)
+    end_positions: Optional[Tensor],  # (B,)
+    cast_dtype: Optional[torch.dtype],
+    needs_grad_hidden: bool,
+    needs_grad_weight: bool,
+    needs_grad_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    B, S, H = hidden.shape
+    device = hidden.device
+    block_s, block_h, warps = _token_blocks(S, H)
+    grid = (B, triton.cdiv(S, block_s))
+    num_partials = grid[0] * grid[1]
+    write_partials = needs_grad_weight or needs_grad_bias
+
+    empty = torch.empty((0,), dtype=torch.float32, device=device)
+    grad_hidden = torch.empty_like(hidden, memory_format=torch.contiguous_format) if needs_grad_hidden else empty
+    grad_weight = torch.empty_like(weight) if needs_grad_weight else empty.clone()
+    grad_bias = torch.empty((2,), dtype=torch.float32, device=device) if needs_grad_bias else empty.clone()
+    partial_w = torch.empty((num_partials, 2, H) if needs_grad_weight else (0,), dtype=torch.float32, device=device)
+    partial_b = torch.empty((num_partials, 2), dtype=torch.float32, device=device)
+
+    has_loss = grad_loss is not None and lse.numel() > 0
+    # Gradients come from autograd with arbitrary strides; the kernel indexes them as (B, S).
+    grad_start = grad_start.contiguous() if grad_start is not None else None
+    grad_end = grad_end.contiguous() if grad_end is not None else None
+    dummy = start_logits  # pointer for arguments a constexpr switch leaves unread
+    if B > 0 and (needs_grad_hidden or write_partials):
+        _qa_head_bwd_kernel[grid](
+            hidden, weight, start_logits, end_logits,
+            grad_start if grad_start is not None else dummy,
+            grad_end if grad_end is not None else dummy,
+            grad_loss if has_loss else dummy,
+            lse if has_loss else dummy, scale if has_loss else dummy,
+            start_positions if has_loss else dummy, end_positions if has_loss else dummy,
+            grad_hidden, partial_w, partial_b,
+            S, H,
+            *hidden.stride(), *weight.stride(),
+            start_positions.stride(0) if has_loss else 0, end_positions.stride(0) if has_loss else 0,
+            HAS_GRAD_START=grad_start is not None, HAS_GRAD_END=grad_end is not None,
+            HAS_GRAD_LOSS=has_loss, ROUND_INPUTS=cast_dtype is not None,
+            WRITE_GRAD_HIDDEN=needs_grad_hidden,
+            WRITE_PARTIAL_W=needs_grad_weight, WRITE_PARTIAL_B=needs_grad_bias,
+            BLOCK_S=block_s, BLOCK_H=block_h, num_warps=warps,
+        )  # fmt: skip
+    if write_partials:
+        block_p, block_h_red = _INTERPRETER_REDUCE_BLOCKS if triton_interpreter_on() else _GPU_REDUCE_BLOCKS
+        block_p, block_h_red = _pow2(num_partials, block_p), _pow2(H, block_h_red)
+        _qa_reduce_kernel[(triton.cdiv(H, block_h_red) if needs_grad_weight else 1,)](
+            partial_w, partial_b, grad_weight if needs_grad_weight else weight, grad_bias,
+            num_partials, H,
+            *(grad_weight.stride() if needs_grad_weight else (0, 0)),
+            WRITE_GRAD_W=needs_grad_weight, WRITE_GRAD_B=needs_grad_bias,
+            BLOCK_P=block_p, BLOCK_H=block_h_red,
+            num_warps=1 if triton_interpreter_on() else 4,
+        )  # fmt: skip
+    return grad_hidden, grad_weight, grad_bias
