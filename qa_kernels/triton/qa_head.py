@@ -236,8 +236,7 @@ def _qa_head_bwd_kernel(
 
     rows = hidden_ptr + pid_b * stride_hb + offs_s.to(tl.int64)[:, None] * stride_hs
     grad_rows = grad_hidden_ptr + tok[:, None] * H
-    num_h_blocks = tl.cdiv(H, BLOCK_H) if (WRITE_GRAD_HIDDEN or WRITE_PARTIAL_W) else 0
-    for hb in range(0, num_h_blocks):
+    for hb in range(0, tl.cdiv(H, BLOCK_H)):
         offs_h = hb * BLOCK_H + tl.arange(0, BLOCK_H)
         mask_h = offs_h < H
         mask = mask_s[:, None] & mask_h[None, :]
@@ -384,7 +383,7 @@ def qa_head_bwd(
     grad_start = grad_start.contiguous() if grad_start is not None else None
     grad_end = grad_end.contiguous() if grad_end is not None else None
     dummy = start_logits  # pointer for arguments a constexpr switch leaves unread
-    if B > 0 and (needs_grad_hidden or write_partials):
+    if B > 0 and (needs_grad_hidden or needs_grad_weight or needs_grad_bias):
         _qa_head_bwd_kernel[grid](
             hidden, weight, start_logits, end_logits,
             grad_start if grad_start is not None else dummy,
