@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Optional
@@ -68,6 +69,25 @@ def triton_interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _major_minor(version: str) -> tuple[int, int]:
+    major, minor = re.match(r"(\d+)\.(\d+)", version).groups()
+    return int(major), int(minor)
+
+
+@functools.cache
+def _check_interpreter_versions() -> None:
+    """Triton 3.6's interpreter converts loop bounds with int() on 1-element arrays, which
+    numpy >= 2.4 rejects (seen here; fixed by Triton 3.7). Compiled Triton 3.6 is unaffected."""
+    import numpy
+    import triton
+
+    if _major_minor(triton.__version__) < (3, 7) and _major_minor(numpy.__version__) >= (2, 4):
+        raise RuntimeError(
+            f"Triton {triton.__version__}'s interpreter fails on the kernels' loops with numpy "
+            f"{numpy.__version__}: install numpy<2.4 or triton>=3.7 to run the Triton kernels on CPU"
+        )
+
+
 def native_available() -> bool:
     """The C++ extension is loaded (built ahead of time, or just in time on first use)."""
     from . import native
@@ -92,6 +112,8 @@ def resolve(device_type: str) -> str:
                 "QA backend 'triton' on CPU tensors needs Triton's interpreter: set "
                 "TRITON_INTERPRET=1 in the environment before qa_kernels is imported"
             )
+        if device_type == "cpu":
+            _check_interpreter_versions()
     if name == "native" and not native_available():
         from . import native
 
