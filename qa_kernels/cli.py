@@ -1,22 +1,153 @@
-"""The ``qa-kernels`` command."""
+"""The ``qa-kernels`` command.
+
+qa-kernels bench        time eager PyTorch, torch.compile and qa_kernels' kernels on this machine
+qa-kernels selfcheck    check the fused head against the eager reference here
+"""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+from typing import Optional
+
+
+def _add_bench(sub) -> None:
+    bench = sub.add_parser(
+        "bench",
+        help="time eager, torch.compile and qa_kernels' kernels here; table, CSV, plot",
+        description="Times each provider in each mode at each shape and dtype, interleaving the "
+        "providers, and prints the median time [p20, p80], the speed-up over eager, the achieved GB/s "
+        "and its fraction of the device's copy bandwidth (measured in the same run), the peak memory "
+        "(CUDA) and the largest error against a float64 reference. With no options: the suite's "
+        "default shapes, every mode, every provider available on the device.",
+    )
+    from .bench import SUITES
+
+    bench.set_defaults(subparser=bench)  # its usage in the errors about its options
+    bench.add_argument("--suite", choices=sorted(SUITES), default="head", help="what to benchmark (default: head)")
+    bench.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available, else cpu")
+    bench.add_argument(
+        "--shapes", nargs="+", metavar="SHAPE",
+        help="shapes as BxSxH (e.g. 32x384x1024) or preset names (head: bert-base, bert-large); "
+        "default: the presets on CUDA, smaller on CPU",
+    )  # fmt: skip
+    bench.add_argument(
+        "--dtypes", nargs="+", metavar="DTYPE", help="fp32, fp16, bf16 (default: bf16 on CUDA, fp32 on CPU)"
+    )
+    bench.add_argument(
+        "--providers", nargs="+", metavar="PROVIDER",
+        help="eager, compile, triton, native (default: those available; triton on CUDA only)",
+    )  # fmt: skip
+    bench.add_argument("--modes", nargs="+", metavar="MODE", help="inference, fwd, bwd, fwd+bwd (default: all)")
+    bench.add_argument(
+        "--warmup-ms", type=float, metavar="MS", help="warm-up per case (default: 25 on CUDA, 50 on CPU)"
+    )
+    bench.add_argument(
+        "--rep-ms", type=float, metavar="MS", help="timed runs per case (default: 100 on CUDA, 300 on CPU)"
+    )
+    bench.add_argument("--csv", metavar="PATH", help="write the results as CSV rows")
+    bench.add_argument("--append", action="store_true", help="with --csv: add the rows to an existing file")
+    bench.add_argument("--plot", metavar="PATH", help="write a PNG of --plot-metric against the swept size")
+    bench.add_argument("--plot-metric", choices=("gbps", "time"), default="gbps", help="default: gbps")
+    bench.add_argument("--threads", type=int, metavar="N", help="CPU: torch's intra-op threads (default: torch's)")
+    bench.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qa-kernels", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="qa-kernels", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_bench(sub)
     check = sub.add_parser("selfcheck", help="check the fused head against the eager reference here")
     check.add_argument("--shape", type=int, nargs=3, metavar=("B", "S", "H"), help="default: per device")
     check.add_argument("--reps", type=int, help="timed repetitions (median reported)")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _parse_shape(text: str, suite) -> tuple[int, ...]:
+    if text in suite.presets:
+        return suite.presets[text]
+    parts = text.lower().split("x")
+    if len(parts) == len(suite.dims) and all(p.isdigit() and int(p) > 0 for p in parts):
+        return tuple(int(p) for p in parts)
+    example = "x".join(str(n) for n in next(iter(suite.presets.values())))
+    raise ValueError(
+        f"{text!r} is neither {'x'.join(suite.dims)} ({len(suite.dims)} positive integers, e.g. {example}) "
+        f"nor a preset ({', '.join(suite.presets)})"
+    )
+
+
+def _choose(parser, option: str, given: Optional[list[str]], allowed: tuple[str, ...], default: list[str]):
+    """The values given for ``option`` (each checked against ``allowed``, duplicates dropped) or the default."""
+    if given is None:
+        return default
+    for value in given:
+        if value not in allowed:
+            parser.error(f"{option}: {value!r} is not one of {', '.join(allowed)}")
+    return list(dict.fromkeys(given))
+
+
+def _bench(args: argparse.Namespace, command: str) -> int:
+    import torch
+
+    from . import bench
+
+    parser = args.subparser
+    suite = bench.SUITES[args.suite]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device: cuda was asked for but torch sees no CUDA device")
+    try:
+        shapes = [_parse_shape(s, suite) for s in args.shapes] if args.shapes else suite.default_shapes(device)
+    except ValueError as e:
+        parser.error(f"--shapes: {e}")
+    dtypes = _choose(parser, "--dtypes", args.dtypes, suite.dtypes, suite.default_dtypes(device))
+    modes = _choose(parser, "--modes", args.modes, suite.modes, list(suite.modes))
+    providers = _choose(parser, "--providers", args.providers, suite.providers, suite.default_providers(device))
+    for p in providers:
+        reason = suite.unavailable(p, device)
+        if reason:
+            parser.error(f"--providers: {p} cannot run on {device}: {reason}")
+    if args.append and not args.csv:
+        parser.error("--append: only with --csv PATH")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads: must be >= 1; got {args.threads}")
+        torch.set_num_threads(args.threads)
+    for option in ("warmup_ms", "rep_ms"):
+        if getattr(args, option) is not None and getattr(args, option) < 0:
+            parser.error(f"--{option.replace('_', '-')}: must be >= 0; got {getattr(args, option)}")
+    timer = bench.Timer(
+        device,
+        args.warmup_ms if args.warmup_ms is not None else (25 if device == "cuda" else 50),
+        args.rep_ms if args.rep_ms is not None else (100 if device == "cuda" else 300),
+    )
+
+    torch.manual_seed(args.seed)
+    env = bench.environment(device)
+    rows = bench.run(suite, env, shapes, dtypes, modes, providers, timer, progress=not args.no_progress)
+
+    title = f"qa-kernels bench ({suite.name}) on {env.describe()}"
+    print(title)
+    print(f"copy bandwidth {rows[0]['copy_gbps']:.1f} GB/s (read + write); command: {command}")
+    print(bench.format_table(rows, suite))
+    if args.csv:
+        bench.write_csv(rows, args.csv, suite, append=args.append)
+        print(f"wrote {args.csv}")
+    if args.plot:
+        bench.plot(rows, args.plot, suite, metric=args.plot_metric, title=f"{title}\n{command}")
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "bench":
+        return _bench(args, shlex.join(["qa-kernels", *(sys.argv[1:] if argv is None else argv)]))
     if args.command == "selfcheck":
         from . import selfcheck
 

@@ -1,0 +1,431 @@
+"""What every benchmark suite shares: the device and its copy bandwidth, timing, results, table, CSV, plot.
+
+A *suite* (``head.py``; span decoding can be another) says what to run: its shape dimensions, modes,
+providers, the bytes each mode must move, and a workload per (shape, dtype) that hands out one
+callable per (provider, mode) plus its error against a float64 reference. This module times those
+callables the same way for every suite:
+
+- Providers are interleaved: each (shape, dtype, mode) is timed in ``ROUNDS`` rounds, every provider
+  once per round, and the raw times of the rounds are pooled, so a burst of load on a shared machine
+  lands on every provider rather than on one.
+- CUDA: ``triton.testing.do_bench`` (CUDA events around each call, the L2 cleared before each call,
+  ``grad_to_none`` so every rep starts with fresh gradients). CPU: a ``time.perf_counter`` loop
+  that does the same (warm-up, gradients reset outside the timed region).
+- The summary is the quantiles ``QUANTILES`` = (median, p20, p80) of the pooled times, computed
+  the way ``do_bench(quantiles=...)`` computes them (``torch.quantile``).
+- Achieved bandwidth = the suite's byte count for the mode / median time, also given as a fraction
+  of the device's copy bandwidth, measured in the same run (:func:`copy_bandwidth_gbps`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import platform
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+import torch
+
+QUANTILES = (0.5, 0.2, 0.8)  # median, p20, p80
+ROUNDS = 3  # interleaving rounds per (shape, dtype, mode)
+
+# The device-to-device copy that measures the bandwidth ceiling: large enough to leave every cache
+# (H100 L2: 50 MB; H200: 60 MB; server CPUs' last level: tens of MB). Counted as read + write.
+COPY_BYTES = {"cuda": 1 << 30, "cpu": 1 << 27}
+
+# Input sets are rotated until the bytes cycled through reach this many times the last-level cache,
+# so that a call never finds its inputs left in the cache by the previous call (do_bench also
+# clears the L2 before each call on CUDA; the rotation keeps the CPU loop honest too).
+ROTATE_CACHE_MULTIPLE = 2
+MAX_INPUT_SETS = 16
+
+Fn = Callable[[], object]
+
+
+class Workload(Protocol):
+    """One (shape, dtype) of a suite: its inputs, made once, and the callables that time them."""
+
+    def case(self, provider: str, mode: str) -> tuple[Fn, list[torch.Tensor]]:
+        """``(fn, grad_to_none)``: ``fn()`` runs ``mode`` once with ``provider`` on the next input set;
+        ``grad_to_none`` are the leaves whose ``.grad`` is reset before each timed call."""
+
+    def max_error(self, provider: str, mode: str) -> float:
+        """Largest norm-relative error (max |out - ref| / max |ref|) of the mode's outputs against the
+        float64 reference."""
+
+    def close(self) -> None:
+        """Frees what the workload holds (inputs, compiled graphs)."""
+
+
+class Suite(Protocol):
+    name: str
+    dims: tuple[str, ...]  # names of the shape's dimensions, CSV columns: ("B", "S", "H")
+    modes: tuple[str, ...]
+    providers: tuple[str, ...]
+    presets: dict[str, tuple[int, ...]]  # named shapes accepted by --shapes
+
+    def unavailable(self, provider: str, device: str) -> Optional[str]:
+        """Why ``provider`` cannot run on ``device``, or ``None`` when it can."""
+
+    def default_providers(self, device: str) -> list[str]: ...
+
+    def default_shapes(self, device: str) -> list[tuple[int, ...]]: ...
+
+    def default_dtypes(self, device: str) -> list[str]: ...
+
+    def moved_bytes(self, mode: str, shape: tuple[int, ...], dtype: str) -> int:
+        """The fewest bytes ``mode`` must move through device memory (the floor's numerator)."""
+
+    def workload(
+        self, shape: tuple[int, ...], dtype: str, device: str, providers: Sequence[str], cache_bytes: int
+    ) -> Workload: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# The machine
+
+
+@dataclass(frozen=True)
+class Environment:
+    device: str  # "cuda" or "cpu"
+    device_name: str  # "NVIDIA H100 80GB HBM3", "cpu: Intel(R) Xeon(R) ..."
+    torch: str
+    triton: str
+    threads: int  # torch's intra-op threads (CPU)
+    load_avg: float  # the 1-minute load average when the run started (CPU machines are shared)
+    cache_bytes: int  # the last-level cache: CUDA L2, or the CPU's L3
+
+    @property
+    def slug(self) -> str:
+        """A file name for this device: ``nvidia-h100-80gb-hbm3``, ``cpu-intel-r-xeon-r-...``."""
+        return re.sub(r"[^a-z0-9]+", "-", self.device_name.lower()).strip("-")
+
+    def describe(self) -> str:
+        if self.device == "cuda":
+            return f"{self.device_name}, torch {self.torch}, triton {self.triton}"
+        return (
+            f"{self.device_name} ({self.threads} threads; load average {self.load_avg:.1f} on "
+            f"{os.cpu_count()} cores), torch {self.torch}, triton {self.triton}"
+        )
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_cache_bytes() -> int:
+    """The last-level cache from sysfs (``32M``, ``1024K``), 32 MiB when it cannot be read."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    best = 0
+    for index in range(8):
+        try:
+            with open(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size") as f:
+                text = f.read().strip()
+        except OSError:
+            break
+        best = max(best, int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
+    return best or 32 << 20
+
+
+def environment(device: str) -> Environment:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "-"
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        name, cache = props.name, props.L2_cache_size
+    else:
+        name, cache = f"cpu: {_cpu_name()}", _cpu_cache_bytes()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return Environment(device, name, torch.__version__, triton_version, torch.get_num_threads(), load, cache)
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing
+
+
+@dataclass(frozen=True)
+class Timer:
+    """Times one callable and returns the raw per-call times in ms (no summary: rounds are pooled)."""
+
+    device: str
+    warmup_ms: float
+    rep_ms: float
+
+    def __call__(self, fn: Fn, grad_to_none: Sequence[torch.Tensor] = ()) -> list[float]:
+        if self.device == "cuda":
+            from triton.testing import do_bench
+
+            return do_bench(
+                fn, warmup=self.warmup_ms, rep=self.rep_ms, grad_to_none=list(grad_to_none), return_mode="all"
+            )
+        return self._cpu(fn, grad_to_none)
+
+    def _cpu(self, fn: Fn, grad_to_none: Sequence[torch.Tensor]) -> list[float]:
+        # do_bench's recipe with a host clock: one call (compilation, allocations), an estimate from
+        # five, then as many warm-up and timed calls as fit in warmup_ms and rep_ms.
+        def reset() -> None:
+            for t in grad_to_none:
+                t.grad = None
+
+        reset()
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(5):
+            reset()
+            fn()
+        estimate_ms = (time.perf_counter() - t0) * 1e3 / 5
+        for _ in range(int(self.warmup_ms / estimate_ms)):
+            reset()
+            fn()
+        times = []
+        for _ in range(max(1, int(self.rep_ms / estimate_ms))):
+            reset()
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return times
+
+
+def summarize(times_ms: Sequence[float]) -> tuple[float, float, float]:
+    """``(median, p20, p80)`` in ms, as ``do_bench(quantiles=QUANTILES)`` computes them."""
+    q = torch.quantile(torch.tensor(times_ms, dtype=torch.float64), torch.tensor(QUANTILES, dtype=torch.float64))
+    median, p20, p80 = q.tolist()
+    return median, p20, p80
+
+
+def time_interleaved(
+    cases: dict[str, tuple[Fn, list[torch.Tensor]]], timer: Timer, rounds: int = ROUNDS
+) -> dict[str, tuple[float, float, float]]:
+    """Times every provider's case in ``rounds`` rounds (each round: each provider in turn, with a
+    ``1 / rounds`` share of the repetition time) and summarizes each provider's pooled times."""
+    share = Timer(timer.device, timer.warmup_ms / rounds, timer.rep_ms / rounds)
+    pooled: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, (fn, grads) in cases.items():
+            pooled[name] += share(fn, grads)
+    return {name: summarize(times) for name, times in pooled.items()}
+
+
+def copy_bandwidth_gbps(timer: Timer) -> float:
+    """The device's copy bandwidth in GB/s: bytes read + bytes written by a large ``copy_``, over its
+    median time. The ceiling a memory-bound kernel's GB/s is compared with."""
+    n = COPY_BYTES[timer.device] // 4
+    src = torch.randn(n, device=timer.device)  # random, never zeros
+    dst = torch.empty_like(src)
+    median_ms, _, _ = summarize(timer(lambda: dst.copy_(src)))
+    return 2 * src.nbytes / median_ms / 1e6
+
+
+def peak_memory_mb(fn: Fn, device: str) -> Optional[float]:
+    """Extra device memory one call of ``fn`` needs at its peak (MB, above what was allocated before the
+    call: the inputs are not counted). CUDA only (``torch.cuda.max_memory_allocated``); ``None`` on
+    CPU, where torch keeps no such count."""
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 1e6
+
+
+# --------------------------------------------------------------------------------------------------
+# Running a suite
+
+
+def columns(suite: Suite) -> list[str]:
+    return [
+        "suite", "device", "torch", "triton", "threads", "load_avg", "dtype", *suite.dims, "mode", "provider",
+        "median_ms", "p20_ms", "p80_ms", "speedup_vs_eager", "moved_mb", "gbps", "copy_gbps",
+        "floor_fraction", "peak_mem_mb", "max_err",
+    ]  # fmt: skip
+
+
+def run(
+    suite: Suite,
+    env: Environment,
+    shapes: Sequence[tuple[int, ...]],
+    dtypes: Sequence[str],
+    modes: Sequence[str],
+    providers: Sequence[str],
+    timer: Timer,
+    progress: bool = True,
+) -> list[dict]:
+    """Measures every (shape, dtype, mode, provider); one result row (a dict, :func:`columns`) each."""
+    from tqdm.auto import tqdm
+
+    copy_gbps = copy_bandwidth_gbps(timer)
+    rows = []
+    total = len(shapes) * len(dtypes) * len(modes) * len(providers)
+    with tqdm(total=total, desc=f"bench {suite.name}", unit="case", disable=not progress) as bar:
+        for shape in shapes:
+            for dtype in dtypes:
+                bar.set_postfix_str(f"{'x'.join(map(str, shape))} {dtype}")
+                work = suite.workload(shape, dtype, env.device, providers, env.cache_bytes)
+                try:
+                    for mode in modes:
+                        cases = {p: work.case(p, mode) for p in providers}
+                        # Untimed first calls: compilation, the error check, the memory peak.
+                        errors = {p: work.max_error(p, mode) for p in providers}
+                        peaks = {p: peak_memory_mb(cases[p][0], env.device) for p in providers}
+                        timings = time_interleaved(cases, timer)
+                        moved = suite.moved_bytes(mode, shape, dtype)
+                        for p in providers:
+                            median, p20, p80 = timings[p]
+                            gbps = moved / median / 1e6
+                            eager = timings.get("eager")
+                            rows.append(
+                                {
+                                    "suite": suite.name, "device": env.device_name, "torch": env.torch,
+                                    "triton": env.triton, "threads": env.threads, "load_avg": round(env.load_avg, 2),
+                                    "dtype": dtype, **dict(zip(suite.dims, shape, strict=True)),
+                                    "mode": mode, "provider": p,
+                                    "median_ms": median, "p20_ms": p20, "p80_ms": p80,
+                                    "speedup_vs_eager": eager[0] / median if eager else None,
+                                    "moved_mb": moved / 1e6, "gbps": gbps, "copy_gbps": copy_gbps,
+                                    "floor_fraction": gbps / copy_gbps, "peak_mem_mb": peaks[p],
+                                    "max_err": errors[p],
+                                }
+                            )  # fmt: skip
+                        bar.update(len(providers))
+                finally:
+                    work.close()
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Reporting
+
+
+def _fmt(value: Optional[float], spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def format_table(rows: Iterable[dict], suite: Suite) -> str:
+    """The results as a fixed-width text table, one line per row."""
+    header = (
+        f"{'shape':>15} {'dtype':5} {'mode':9} {'provider':8} {'median ms':>10} {'[p20, p80]':>19} "
+        f"{'vs eager':>8} {'GB/s':>8} {'of copy':>7} {'peak MB':>8} {'max err':>8}"
+    )
+    lines = [header, "-" * len(header)]
+    previous = None
+    for r in rows:
+        shape = "x".join(str(r[d]) for d in suite.dims)
+        key = (shape, r["dtype"], r["mode"])
+        if previous is not None and key[:2] != previous[:2]:
+            lines.append("")
+        previous = key
+        spread = f"[{_fmt(r['p20_ms'], '.4g')}, {_fmt(r['p80_ms'], '.4g')}]"
+        speedup = _fmt(r["speedup_vs_eager"], ".2f") + ("x" if r["speedup_vs_eager"] is not None else "")
+        lines.append(
+            f"{shape:>15} {r['dtype']:5} {r['mode']:9} {r['provider']:8} {r['median_ms']:>10.4g} {spread:>19} "
+            f"{speedup:>8} {r['gbps']:>8.1f} {r['floor_fraction']:>7.1%} {_fmt(r['peak_mem_mb'], '.1f'):>8} "
+            f"{_fmt(r['max_err'], '.1e'):>8}"
+        )
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[dict], path: str, suite: Suite, append: bool = False) -> None:
+    """Writes the rows (with a header) to ``path``; ``append`` adds them to an existing file of the
+    same columns instead."""
+    fields = columns(suite)
+    exists = append and os.path.exists(path) and os.path.getsize(path) > 0
+    if exists:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f))
+        if header != fields:
+            raise ValueError(f"--append: {path} has other columns than this run's: {header}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a" if exists else "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        if not exists:
+            writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+
+
+def read_csv(path: str) -> list[dict]:
+    """Rows written by :func:`write_csv`, numbers parsed back (empty cells -> ``None``)."""
+
+    def parse(value: str):
+        if value == "":
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                return float(value)
+            except ValueError:
+                return value
+
+    with open(path, newline="") as f:
+        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+PLOT_METRICS = {"gbps": "achieved GB/s", "time": "median time (ms)"}
+
+
+def plot(rows: Sequence[dict], path: str, suite: Suite, metric: str = "gbps", title: str = "") -> None:
+    """A PNG: ``metric`` against the swept size (the bytes the mode must move), one panel per mode,
+    one line per provider and dtype; the measured copy bandwidth as a dashed line on GB/s panels."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+
+    modes = [m for m in suite.modes if any(r["mode"] == m for r in rows)]
+    providers = [p for p in suite.providers if any(r["provider"] == p for r in rows)]
+    dtypes = sorted({r["dtype"] for r in rows})
+    ncols = min(2, len(modes))
+    nrows = math.ceil(len(modes) / ncols)
+    fig = Figure(figsize=(6.4 * ncols, 4.4 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    styles = ["-", "--", ":", "-."]
+    for ax, mode in zip(axes, modes, strict=False):  # spare axes hidden below
+        for i, provider in enumerate(providers):
+            for j, dtype in enumerate(dtypes):
+                points = sorted(
+                    (r["moved_mb"], r["gbps"] if metric == "gbps" else r["median_ms"])
+                    for r in rows
+                    if r["mode"] == mode and r["provider"] == provider and r["dtype"] == dtype
+                )
+                if points:
+                    x, y = zip(*points, strict=True)
+                    label = provider if len(dtypes) == 1 else f"{provider} {dtype}"
+                    ax.plot(x, y, styles[j % len(styles)], marker="o", ms=3, color=f"C{i}", label=label)
+        if metric == "gbps":
+            copy = [r["copy_gbps"] for r in rows if r["mode"] == mode]
+            ax.axhline(sum(copy) / len(copy), color="gray", ls="--", lw=1, label="copy bandwidth")
+        else:
+            ax.set_yscale("log")
+        ax.set_xscale("log")
+        ax.set_title(mode)
+        ax.set_xlabel("bytes the mode must move (MB, log)")
+        ax.set_ylabel(PLOT_METRICS[metric])
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    for ax in axes[len(modes) :]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)

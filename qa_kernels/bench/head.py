@@ -1,0 +1,248 @@
+"""The QA head suite: eager reference, torch.compile of it, and qa_kernels' Triton and native kernels.
+
+Modes (what a training or serving step asks of the head):
+  inference  logits only: no labels, no autograd graph (``torch.no_grad``)
+  fwd        the training forward: labels given, loss computed, graph kept for the backward
+  bwd        the backward alone, from the loss (``loss.backward()`` on a graph built beforehand)
+  fwd+bwd    both: one training step's worth of head
+
+The loss is the only output a training step differentiates, so the backward starts from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from typing import ClassVar, NamedTuple, Optional
+
+import torch
+
+from .. import backend as qa_backend
+from .. import reference
+from ..functional import qa_head
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# torch.compile of the reference: the strongest setting without CUDA graphs on GPU (CUDA graphs
+# would also remove the launch gaps eager and Triton pay, a different comparison); default on CPU.
+COMPILE_MODE = {"cuda": "max-autotune-no-cudagraphs", "cpu": None}
+
+# The outputs whose error each mode reports (against the float64 reference on the same inputs).
+# Not grad_bias: it is 0 in exact arithmetic (each valid row's softmax-minus-one-hot sums to 0), so
+# its error relative to its own size is rounding noise over rounding noise; the tests bound it
+# absolutely.
+ERROR_OUTPUTS = {
+    "inference": ("start_logits", "end_logits"),
+    "fwd": ("start_logits", "end_logits", "loss"),
+    "bwd": ("grad_hidden", "grad_weight"),
+    "fwd+bwd": ("start_logits", "end_logits", "loss", "grad_hidden", "grad_weight"),
+}
+
+
+def moved_bytes(mode: str, shape: tuple[int, int, int], dtype: str) -> int:
+    """The floor: the fewest bytes ``mode`` must move through device memory.
+
+    hidden ``(B, S, H)`` is the only large tensor. The logits ``(2, B, S)``, weight ``(2, H)``,
+    positions and the per-row statistics are each under ``1/H`` of it (0.2% at H = 768) and are
+    left out.
+
+      inference  read hidden once
+      fwd        read hidden once
+      bwd        read hidden (grad_weight needs it) + write grad_hidden
+      fwd+bwd    read hidden + write grad_hidden: a fused step reads hidden once; the backward's
+                 second read hits in L2 when it fits (DESIGN.md)
+
+    bf16, B=32, S=384, H=1024, fwd+bwd: 2 * 25.2 MB = 50.3 MB, 17 us at an H100's 3.0 TB/s copy rate.
+    """
+    B, S, H = shape
+    hidden = B * S * H * DTYPES[dtype].itemsize
+    return {"inference": hidden, "fwd": hidden, "bwd": 2 * hidden, "fwd+bwd": 2 * hidden}[mode]
+
+
+class _Inputs(NamedTuple):
+    hidden: torch.Tensor  # (B, S, H) leaf, requires grad
+    weight: torch.Tensor  # (2, H) leaf, requires grad
+    bias: torch.Tensor  # (2,) leaf, requires grad
+    start: torch.Tensor  # (B,) int64
+    end: torch.Tensor  # (B,) int64
+
+    @property
+    def leaves(self) -> list[torch.Tensor]:
+        return [self.hidden, self.weight, self.bias]
+
+
+def _make_inputs(shape: tuple[int, int, int], dtype: torch.dtype, device: str) -> _Inputs:
+    B, S, H = shape
+    # BERT's initializer range (std 0.02) for the head's parameters; hidden states of unit scale
+    # (the encoder ends in a LayerNorm). Positions anywhere in the sequence.
+    return _Inputs(
+        torch.randn(B, S, H, device=device, dtype=dtype).requires_grad_(),
+        (0.02 * torch.randn(2, H, device=device)).to(dtype).requires_grad_(),
+        (0.02 * torch.randn(2, device=device)).to(dtype).requires_grad_(),
+        torch.randint(0, S, (B,), device=device),
+        torch.randint(0, S, (B,), device=device),
+    )
+
+
+def _outputs(head: Callable, x: _Inputs, context: Callable, train: bool) -> dict[str, torch.Tensor]:
+    """One call on fresh leaves: the logits, and with ``train`` the loss and the three gradients."""
+    # Leaves that require grad in both cases, as in the timed calls (a compiled head sees the same
+    # guards and is not compiled again).
+    h, w, b = (t.detach().requires_grad_() for t in x.leaves)
+    with context(), torch.set_grad_enabled(train):
+        out = head(h, w, b, x.start, x.end) if train else head(h, w, b)
+        if train:
+            out.loss.backward()
+    values = {"start_logits": out.start_logits, "end_logits": out.end_logits}
+    if train:
+        values |= {"loss": out.loss, "grad_hidden": h.grad, "grad_weight": w.grad, "grad_bias": b.grad}
+    return {k: v.detach() for k, v in values.items()}
+
+
+class HeadWorkload:
+    """Inputs of one (shape, dtype), rotated so that no call finds them in the cache, and the
+    providers' callables over them."""
+
+    def __init__(
+        self, shape: tuple[int, int, int], dtype: str, device: str, providers: Sequence[str], cache_bytes: int
+    ) -> None:
+        from .harness import MAX_INPUT_SETS, ROTATE_CACHE_MULTIPLE
+
+        self.device = device
+        set_bytes = moved_bytes("fwd+bwd", shape, dtype)  # hidden + grad_hidden
+        n_sets = min(MAX_INPUT_SETS, max(1, math.ceil(ROTATE_CACHE_MULTIPLE * cache_bytes / set_bytes)))
+        self.sets = [_make_inputs(shape, DTYPES[dtype], device) for _ in range(n_sets)]
+        self.heads: dict[str, Callable] = {}
+        self.contexts: dict[str, Callable] = {}
+        for p in providers:
+            self.contexts[p] = contextlib.nullcontext
+            if p == "eager":
+                self.heads[p] = reference.qa_head
+            elif p == "compile":
+                self.heads[p] = self._compile(device)
+            else:  # qa_kernels' op with that backend forced (forward and backward run inside it)
+                self.heads[p] = qa_head
+                self.contexts[p] = functools.partial(qa_backend.use_backend, p)
+        self._exact: dict[bool, dict[str, torch.Tensor]] = {}
+        self._got: dict[tuple[str, bool], dict[str, torch.Tensor]] = {}
+
+    def _compile(self, device: str) -> Callable:
+        """torch.compile of the reference, compiled here (untimed) for the inference and training calls.
+
+        The bwd mode runs ``backward(retain_graph=True)`` on graphs built beforehand, which a backward
+        compiled with donated buffers refuses (checked at each backward call), so donated buffers are
+        off while this workload lives. Donating only lets the backward reuse the memory of saved
+        tensors, here the (B, S) logits' statistics: no change to the bytes moved.
+        """
+        import torch._functorch.config
+
+        torch._dynamo.reset()  # fresh graphs for this shape; no recompile limit across a sweep
+        self._restore_donated = torch._functorch.config.donated_buffer
+        torch._functorch.config.donated_buffer = False
+        head = torch.compile(reference.qa_head, mode=COMPILE_MODE[device], dynamic=False)
+        for train in (False, True):
+            _outputs(head, self.sets[0], contextlib.nullcontext, train)
+        return head
+
+    def case(self, provider: str, mode: str) -> tuple[Callable[[], object], list[torch.Tensor]]:
+        head, context = self.heads[provider], self.contexts[provider]
+        order = itertools.cycle(self.sets)
+        if mode == "inference":
+
+            def fn():
+                x = next(order)
+                with torch.no_grad(), context():
+                    return head(x.hidden, x.weight, x.bias)
+
+        elif mode == "fwd":
+
+            def fn():
+                x = next(order)
+                with context():
+                    return head(*x)
+
+        elif mode == "fwd+bwd":
+
+            def fn():
+                x = next(order)
+                with context():
+                    head(*x).loss.backward()
+
+        elif mode == "bwd":
+            with context():
+                losses = itertools.cycle([head(*x).loss for x in self.sets])
+
+            def fn():
+                with context():
+                    next(losses).backward(retain_graph=True)
+
+        else:
+            raise ValueError(f"unknown mode {mode!r}")
+        return fn, [t for x in self.sets for t in x.leaves]
+
+    def max_error(self, provider: str, mode: str) -> float:
+        train = mode != "inference"
+        if train not in self._exact:
+            x = self.sets[0]
+            exact = _Inputs(*(t.detach().double() for t in x.leaves), x.start, x.end)
+            self._exact[train] = _outputs(reference.qa_head, exact, contextlib.nullcontext, train)
+        if (provider, train) not in self._got:
+            self._got[provider, train] = _outputs(self.heads[provider], self.sets[0], self.contexts[provider], train)
+        errors = []
+        for name in ERROR_OUTPUTS[mode]:
+            got, exact = self._got[provider, train][name].double(), self._exact[train][name]
+            errors.append(((got - exact).abs().max() / exact.abs().max()).item())
+        return max(errors)
+
+    def close(self) -> None:
+        self.sets.clear()
+        self._exact.clear()
+        self._got.clear()
+        if "compile" in self.heads:
+            torch._dynamo.reset()
+            torch._functorch.config.donated_buffer = self._restore_donated
+
+
+class HeadSuite:
+    name = "head"
+    dims = ("B", "S", "H")
+    modes = ("inference", "fwd", "bwd", "fwd+bwd")
+    providers = ("eager", "compile", "triton", "native")
+    dtypes = tuple(DTYPES)
+    # bert-base and bert-large fine-tuned on SQuAD: batch 32, max_seq_length 384.
+    presets: ClassVar[dict[str, tuple[int, int, int]]] = {"bert-base": (32, 384, 768), "bert-large": (32, 384, 1024)}
+
+    def unavailable(self, provider: str, device: str) -> Optional[str]:
+        if provider == "triton":
+            if not qa_backend.triton_available():
+                return "triton is not installed"
+            if device == "cpu" and not qa_backend.triton_interpreter_on():
+                return "triton runs on CUDA; on CPU only under its interpreter (TRITON_INTERPRET=1; slow, for tests)"
+        if provider == "native" and not qa_backend.native_available():
+            from .. import native
+
+            return native.unavailable_reason()
+        return None
+
+    def default_providers(self, device: str) -> list[str]:
+        # Triton on CPU (the interpreter) is a correctness tool, far too slow to time by default.
+        skip = {"triton"} if device == "cpu" else set()
+        return [p for p in self.providers if p not in skip and self.unavailable(p, device) is None]
+
+    def default_shapes(self, device: str) -> list[tuple[int, int, int]]:
+        if device == "cuda":
+            return list(self.presets.values())
+        # CPU: the SQuAD sequence and hidden sizes at batch 4, so the default run takes about a minute.
+        return [(4, 384, 768), (4, 384, 1024)]
+
+    def default_dtypes(self, device: str) -> list[str]:
+        return ["bf16"] if device == "cuda" else ["fp32"]
+
+    def moved_bytes(self, mode: str, shape: tuple[int, int, int], dtype: str) -> int:
+        return moved_bytes(mode, shape, dtype)
+
+    def workload(self, shape, dtype, device, providers, cache_bytes) -> HeadWorkload:
+        return HeadWorkload(shape, dtype, device, providers, cache_bytes)
