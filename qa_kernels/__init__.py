@@ -3,6 +3,7 @@
 from . import reference
 from .backend import get_backend, set_backend, use_backend
 from .functional import qa_head
+from .integrations import patch, patch_transformers, unpatch, unpatch_transformers
 from .module import QAHead
 from .outputs import QAHeadOutput
 
@@ -12,8 +13,12 @@ __all__ = [
     "QAHead",
     "QAHeadOutput",
     "get_backend",
+    "patch",
+    "patch_transformers",
     "qa_head",
     "reference",
     "set_backend",
+    "unpatch",
+    "unpatch_transformers",
     "use_backend",
 ]
