@@ -1,0 +1,531 @@
+// CPU kernels of the fused QA head (registered for the CPU key of qa_kernels_native::qa_head_*).
+//
+// Where the time goes: hidden (B, S, H) is the only large tensor. The forward reads it once
+// (2 fp32 FMAs per element); the backward reads it once more for grad_weight and writes
+// grad_hidden once, in the same pass over the token rows. Everything else is O(B S) or O(H).
+// Eager PyTorch spends ~90% of the same work in two skinny `aten::mm` calls (one side of width 2),
+// which run far below memory bandwidth.
+//
+// Structure:
+//   micro-kernels   fp32 only, on kRows token rows at a time (each weight vector load serves kRows
+//                   rows, each hidden load serves both sides), written with GCC/Clang vector
+//                   extensions and compiled for AVX-512, AVX2+FMA and baseline x86-64
+//                   (target_clones: the loader picks one per machine).
+//   row loaders     fp16 / bf16 / strided / autocast-rounded rows go through a small fp32 scratch
+//                   tile first; fp32 contiguous rows are read in place.
+//   drivers         at::parallel_for over token rows; the backward's grad_weight partials are per
+//                   fixed chunk of kChunkRows rows and are summed in chunk order, so the result is
+//                   bitwise identical across runs and thread counts.
+#include "qa_head.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+namespace qa_kernels {
+namespace {
+
+// ------------------------------------------------------------------------------------------------
+// Tuning constants, in one place.
+// ------------------------------------------------------------------------------------------------
+constexpr int64_t kRows = 4;          // token rows per micro-kernel call
+constexpr int64_t kLanes = 16;        // fp32 lanes per vector (one AVX-512 register; two AVX2 ones)
+constexpr int64_t kChunkRows = 128;   // token rows per grad_weight partial: FIXED, never per-thread
+constexpr int64_t kGrainRows = 64;    // fewest token rows worth handing to a thread (forward, d)
+constexpr int64_t kGrainH = 256;      // fewest features per thread in the partials' reduction
+
+using vfloat = float __attribute__((vector_size(kLanes * sizeof(float))));
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define QA_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define QA_MULTIVERSION
+#endif
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ------------------------------------------------------------------------------------------------
+// Micro-kernels (fp32). Vectors are loaded and stored with memcpy: unaligned, no aliasing games.
+// ------------------------------------------------------------------------------------------------
+
+// out0[r] = sum_h x[r][h] * w0[h],   out1[r] = sum_h x[r][h] * w1[h]        for r < kRows
+// kLanes running sums per (row, side), added lane 0..kLanes-1 then the tail: a fixed order.
+QA_MULTIVERSION void dot2_rows(const float* const* x,  // kRows pointers to rows of H floats
+                               const float* w0, const float* w1,  // (H,) each
+                               int64_t H, float* out0, float* out1) {  // (kRows,) each
+  vfloat acc0[kRows] = {}, acc1[kRows] = {};
+  int64_t h = 0;
+  for (; h + kLanes <= H; h += kLanes) {
+    vfloat v0, v1;
+    std::memcpy(&v0, w0 + h, sizeof(vfloat));
+    std::memcpy(&v1, w1 + h, sizeof(vfloat));
+    for (int64_t r = 0; r < kRows; ++r) {
+      vfloat xv;
+      std::memcpy(&xv, x[r] + h, sizeof(vfloat));
+      acc0[r] += xv * v0;
+      acc1[r] += xv * v1;
+    }
+  }
+  for (int64_t r = 0; r < kRows; ++r) {
+    float s0 = 0.f, s1 = 0.f;
+    for (int64_t j = 0; j < kLanes; ++j) {
+      s0 += acc0[r][j];
+      s1 += acc1[r][j];
+    }
+    for (int64_t t = h; t < H; ++t) {
+      s0 += x[r][t] * w0[t];
+      s1 += x[r][t] * w1[t];
+    }
+    out0[r] = s0;
+    out1[r] = s1;
+  }
+}
+
+// g[r][h] = d0[r] * w0[h] + d1[r] * w1[h]                                    for r < kRows
+QA_MULTIVERSION void grad_hidden_rows(float* const* g,  // kRows pointers to rows of H floats
+                                      const float* d0, const float* d1,  // (kRows,) each
+                                      const float* w0, const float* w1, int64_t H) {  // (H,) each
+  int64_t h = 0;
+  for (; h + kLanes <= H; h += kLanes) {
+    vfloat v0, v1;
+    std::memcpy(&v0, w0 + h, sizeof(vfloat));
+    std::memcpy(&v1, w1 + h, sizeof(vfloat));
+    for (int64_t r = 0; r < kRows; ++r) {
+      const vfloat gv = d0[r] * v0 + d1[r] * v1;
+      std::memcpy(g[r] + h, &gv, sizeof(vfloat));
+    }
+  }
+  for (; h < H; ++h) {
+    for (int64_t r = 0; r < kRows; ++r) g[r][h] = d0[r] * w0[h] + d1[r] * w1[h];
+  }
+}
+
+// pw0[h] += sum_r d0[r] * x[r][h],   pw1[h] += sum_r d1[r] * x[r][h]         (r ascending)
+QA_MULTIVERSION void grad_weight_rows(const float* const* x,  // kRows pointers to rows of H floats
+                                      const float* d0, const float* d1,  // (kRows,) each
+                                      float* pw0, float* pw1, int64_t H) {  // (H,) each, fp32 partials
+  int64_t h = 0;
+  for (; h + kLanes <= H; h += kLanes) {
+    vfloat p0, p1;
+    std::memcpy(&p0, pw0 + h, sizeof(vfloat));
+    std::memcpy(&p1, pw1 + h, sizeof(vfloat));
+    for (int64_t r = 0; r < kRows; ++r) {
+      vfloat xv;
+      std::memcpy(&xv, x[r] + h, sizeof(vfloat));
+      p0 += d0[r] * xv;
+      p1 += d1[r] * xv;
+    }
+    std::memcpy(pw0 + h, &p0, sizeof(vfloat));
+    std::memcpy(pw1 + h, &p1, sizeof(vfloat));
+  }
+  for (; h < H; ++h) {
+    for (int64_t r = 0; r < kRows; ++r) {
+      pw0[h] += d0[r] * x[r][h];
+      pw1[h] += d1[r] * x[r][h];
+    }
+  }
+}
+
+// acc[h] += part[h]   (the partials' reduction, one chunk at a time, in chunk order)
+QA_MULTIVERSION void add_rows(float* acc, const float* part, int64_t n) {
+  for (int64_t h = 0; h < n; ++h) acc[h] += part[h];
+}
+
+// ------------------------------------------------------------------------------------------------
+// Row access: fp32 rows in place when possible, else converted into a scratch tile.
+// ------------------------------------------------------------------------------------------------
+
+// dst[h] = float(round_to(float(src[h * stride])))   for h < n
+// round_to: the autocast dtype the values are rounded to (kFloat: no rounding).
+template <typename scalar_t>
+void load_row(const scalar_t* src, int64_t stride, int64_t n, at::ScalarType round_to, float* dst) {
+  if (round_to == at::kBFloat16) {
+    for (int64_t h = 0; h < n; ++h) dst[h] = static_cast<float>(c10::BFloat16(static_cast<float>(src[h * stride])));
+  } else if (round_to == at::kHalf) {
+    for (int64_t h = 0; h < n; ++h) dst[h] = static_cast<float>(c10::Half(static_cast<float>(src[h * stride])));
+  } else if (stride == 1) {
+    for (int64_t h = 0; h < n; ++h) dst[h] = static_cast<float>(src[h]);
+  } else {
+    for (int64_t h = 0; h < n; ++h) dst[h] = static_cast<float>(src[h * stride]);
+  }
+}
+
+// The token rows of hidden (B, S, H), any strides, read as fp32 kRows at a time.
+template <typename scalar_t>
+class HiddenRows {
+ public:
+  HiddenRows(const at::Tensor& hidden, at::ScalarType round_to)
+      : base_(hidden.const_data_ptr<scalar_t>()),
+        S_(hidden.size(1)),
+        H_(hidden.size(2)),
+        stride_b_(hidden.stride(0)),
+        stride_s_(hidden.stride(1)),
+        stride_h_(hidden.stride(2)),
+        round_to_(round_to),
+        in_place_(std::is_same_v<scalar_t, float> && hidden.stride(2) == 1 && round_to == hidden.scalar_type()) {}
+
+  bool in_place() const { return in_place_; }
+
+  // Points rows[r] at token row t0 + r (r < n; rows past n repeat the last one, so the
+  // micro-kernels always see kRows valid rows). scratch: kRows * H floats, used unless in place.
+  void get(int64_t t0, int64_t n, float* scratch, const float** rows) const {
+    for (int64_t r = 0; r < kRows; ++r) {
+      if (r >= n) {
+        rows[r] = rows[n - 1];
+        continue;
+      }
+      const int64_t t = t0 + r;
+      const scalar_t* src = base_ + (t / S_) * stride_b_ + (t % S_) * stride_s_;
+      if (in_place_) {
+        rows[r] = reinterpret_cast<const float*>(src);
+      } else {
+        load_row(src, stride_h_, H_, round_to_, scratch + r * H_);
+        rows[r] = scratch + r * H_;
+      }
+    }
+  }
+
+ private:
+  const scalar_t* base_;
+  int64_t S_, H_, stride_b_, stride_s_, stride_h_;
+  at::ScalarType round_to_;
+  bool in_place_;
+};
+
+// A fresh output of B*S*H elements is written exactly once, and its first touch dominates the
+// backward's cost: one page fault (and a zeroed 4 KiB page) per 4 KiB, 12800 faults for bert-large's
+// 50 MB grad_hidden, measured here at 3x the cost of the writes themselves. On Linux we advise
+// transparent huge pages for the untouched buffer (what torch's THP_MEM_ALLOC_ENABLE=1 does for
+// every allocation): 2 MiB per fault. Harmless where THP is off; no effect on the values.
+at::Tensor empty_large_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor out = at::empty(sizes, options);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHugePage = uintptr_t{2} << 20;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(out.data_ptr());
+  const uintptr_t end = begin + out.nbytes();
+  const uintptr_t aligned_begin = (begin + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t aligned_end = end & ~(kHugePage - 1);
+  if (aligned_end > aligned_begin) {
+    madvise(reinterpret_cast<void*>(aligned_begin), aligned_end - aligned_begin, MADV_HUGEPAGE);  // advice only
+  }
+#endif
+  return out;
+}
+
+// weight (2, H) or bias (2,) rounded to the mm dtype, as a contiguous fp32 tensor.
+at::Tensor as_mm_fp32(const at::Tensor& t, at::ScalarType mm) {
+  return t.to(mm).to(at::kFloat).contiguous();
+}
+
+// ------------------------------------------------------------------------------------------------
+// Forward
+// ------------------------------------------------------------------------------------------------
+
+// start[t] = hidden[t] . w[0] + bias[0],  end[t] = hidden[t] . w[1] + bias[1]   (fp32, t < B*S)
+template <typename scalar_t>
+void logits_cpu(const at::Tensor& hidden,  // (B, S, H)
+                const float* w,             // (2, H) fp32, already rounded to the mm dtype
+                float bias0, float bias1, at::ScalarType round_to,
+                float* start, float* end) {  // (B * S,) each
+  const int64_t N = hidden.size(0) * hidden.size(1), H = hidden.size(2);
+  const HiddenRows<scalar_t> rows_of(hidden, round_to);
+  at::parallel_for(0, ceil_div(N, kRows), ceil_div(kGrainRows, kRows), [&](int64_t blk0, int64_t blk1) {
+    std::vector<float> scratch(rows_of.in_place() ? 0 : kRows * H);
+    const float* rows[kRows];
+    float out0[kRows], out1[kRows];
+    for (int64_t blk = blk0; blk < blk1; ++blk) {
+      const int64_t t0 = blk * kRows, n = std::min(kRows, N - t0);
+      rows_of.get(t0, n, scratch.data(), rows);
+      dot2_rows(rows, w, w + H, H, out0, out1);
+      for (int64_t r = 0; r < n; ++r) {
+        start[t0 + r] = out0[r] + bias0;
+        end[t0 + r] = out1[r] + bias1;
+      }
+    }
+  });
+}
+
+// Per side k of row b:  lse = m + log sum_s exp(x[s] - m)  (m = max_s x[s]);
+// nll = lse - x[target] when 0 <= target = clamp(pos, 0, S) < S, else the row is ignored.
+// loss = (sum_b nll_0 / n_0 + sum_b nll_1 / n_1) / 2,  scale[k] = 1 / (2 n_k): see qa_head.h.
+// Row sums are in row order (deterministic); a side with no valid row gives 0 / 0 = NaN.
+void loss_cpu(const at::Tensor& start_f, const at::Tensor& end_f,  // (B, S) fp32 contiguous
+              const at::Tensor& start_pos, const at::Tensor& end_pos,  // (B,) int64 contiguous
+              const std::optional<float>& denominator,  // num_items, or nullopt: the mean
+              at::Tensor& loss, at::Tensor& lse, at::Tensor& scale) {  // () (B, 2) (2,) fp32
+  const int64_t B = start_f.size(0), S = start_f.size(1);
+  const float* x[2] = {start_f.const_data_ptr<float>(), end_f.const_data_ptr<float>()};
+  const int64_t* pos[2] = {start_pos.const_data_ptr<int64_t>(), end_pos.const_data_ptr<int64_t>()};
+  float* lse_p = lse.data_ptr<float>();
+  at::parallel_for(0, B, std::max<int64_t>(1, kGrainRows * 16 / S), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int k = 0; k < 2; ++k) {
+        const float* row = x[k] + b * S;
+        float m = -std::numeric_limits<float>::infinity();
+        for (int64_t s = 0; s < S; ++s) m = std::max(m, row[s]);
+        float sum = 0.f;
+        for (int64_t s = 0; s < S; ++s) sum += std::exp(row[s] - m);
+        lse_p[b * 2 + k] = m + std::log(sum);
+      }
+    }
+  });
+  float nll_sum[2] = {0.f, 0.f}, count[2] = {0.f, 0.f};
+  for (int64_t b = 0; b < B; ++b) {
+    for (int k = 0; k < 2; ++k) {
+      const int64_t target = std::clamp<int64_t>(pos[k][b], 0, S);
+      if (target == S) continue;
+      nll_sum[k] += lse_p[b * 2 + k] - x[k][b * S + target];
+      count[k] += 1.f;
+    }
+  }
+  float denom[2];
+  for (int k = 0; k < 2; ++k) denom[k] = denominator.has_value() ? *denominator : count[k];
+  *loss.data_ptr<float>() = (nll_sum[0] / denom[0] + nll_sum[1] / denom[1]) / 2;
+  float* scale_p = scale.data_ptr<float>();
+  for (int k = 0; k < 2; ++k) scale_p[k] = 0.5f / denom[k];
+}
+
+FwdOutputs qa_head_fwd_cpu(const at::Tensor& hidden,  // (B, S, H)
+                           const at::Tensor& weight,  // (2, H)
+                           const std::optional<at::Tensor>& bias,  // (2,)
+                           const std::optional<at::Tensor>& start_positions,  // (B,) or (B, 1)
+                           const std::optional<at::Tensor>& end_positions,  // (B,) or (B, 1)
+                           const std::optional<at::Tensor>& num_items,  // () any numeric dtype
+                           std::optional<double> num_items_value,
+                           std::optional<at::ScalarType> cast_dtype) {
+  check_fwd_inputs(hidden, weight, bias, start_positions, end_positions);
+  const int64_t B = hidden.size(0), S = hidden.size(1);
+  const at::ScalarType mm = mm_dtype(hidden, weight, cast_dtype);
+  const at::ScalarType out_dtype = cast_dtype.value_or(hidden.scalar_type());
+  const at::Tensor w = as_mm_fp32(weight, mm);  // (2, H) fp32
+  float bias0 = 0.f, bias1 = 0.f;
+  if (bias.has_value()) {
+    const at::Tensor bf = as_mm_fp32(*bias, mm);
+    bias0 = bf.const_data_ptr<float>()[0];
+    bias1 = bf.const_data_ptr<float>()[1];
+  }
+
+  at::Tensor start_f = at::empty({B, S}, hidden.options().dtype(at::kFloat));
+  at::Tensor end_f = at::empty({B, S}, hidden.options().dtype(at::kFloat));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "qa_head_fwd_cpu", [&] {
+    logits_cpu<scalar_t>(hidden, w.const_data_ptr<float>(), bias0, bias1, hidden_round_dtype(hidden, cast_dtype),
+                         start_f.data_ptr<float>(), end_f.data_ptr<float>());
+  });
+  // One rounding, at the store, to the logits' dtype; the loss reads the rounded values back.
+  at::Tensor start = start_f.to(out_dtype), end = end_f.to(out_dtype);
+  if (!start_positions.has_value() || !end_positions.has_value()) {
+    return {start, end, empty_output(hidden), empty_output(hidden), empty_output(hidden)};
+  }
+
+  at::Tensor loss = at::empty({}, hidden.options().dtype(at::kFloat));
+  at::Tensor lse = at::empty({B, 2}, hidden.options().dtype(at::kFloat));
+  at::Tensor scale = at::empty({2}, hidden.options().dtype(at::kFloat));
+  std::optional<float> denominator;
+  if (num_items.has_value()) {
+    denominator = num_items->to(at::kFloat).item<float>();  // a CPU tensor: no device sync
+  } else if (num_items_value.has_value()) {
+    denominator = static_cast<float>(*num_items_value);
+  }
+  loss_cpu(start.to(at::kFloat), end.to(at::kFloat), positions_as_int64(*start_positions),
+           positions_as_int64(*end_positions), denominator, loss, lse, scale);
+  return {start, end, loss, lse, scale};
+}
+
+// ------------------------------------------------------------------------------------------------
+// Backward
+// ------------------------------------------------------------------------------------------------
+
+// d[t, k] = grad_logits_k[t] + grad_loss * scale[k] * (exp(x_k[t] - lse[b, k]) - [s == target_k[b]])
+// with t = b * S + s; the cross-entropy term is 0 on ignored rows (where, not a product: with no
+// valid row the scale is inf). Kept in fp32 (eager rounds it to the logits' dtype).
+void d_logits_cpu(const std::optional<at::Tensor>& grad_start, const std::optional<at::Tensor>& grad_end,
+                  const std::optional<at::Tensor>& grad_loss, const at::Tensor& start_logits,
+                  const at::Tensor& end_logits, const at::Tensor& lse, const at::Tensor& scale,
+                  const std::optional<at::Tensor>& start_positions, const std::optional<at::Tensor>& end_positions,
+                  bool has_loss, float* d) {  // (B * S, 2) fp32
+  const int64_t B = start_logits.size(0), S = start_logits.size(1);
+  const at::Tensor g_opt[2] = {grad_start.has_value() ? grad_start->to(at::kFloat).contiguous() : at::Tensor(),
+                               grad_end.has_value() ? grad_end->to(at::kFloat).contiguous() : at::Tensor()};
+  const float* g[2] = {g_opt[0].defined() ? g_opt[0].const_data_ptr<float>() : nullptr,
+                       g_opt[1].defined() ? g_opt[1].const_data_ptr<float>() : nullptr};
+  at::Tensor x_t[2], pos_t[2];
+  const float* x[2] = {nullptr, nullptr};
+  const int64_t* pos[2] = {nullptr, nullptr};
+  float coef[2] = {0.f, 0.f};
+  const float* lse_p = nullptr;
+  if (has_loss) {
+    x_t[0] = start_logits.to(at::kFloat).contiguous();
+    x_t[1] = end_logits.to(at::kFloat).contiguous();
+    pos_t[0] = positions_as_int64(*start_positions);
+    pos_t[1] = positions_as_int64(*end_positions);
+    const float gl = grad_loss->to(at::kFloat).item<float>();
+    const at::Tensor scale_f = scale.contiguous();
+    for (int k = 0; k < 2; ++k) {
+      x[k] = x_t[k].const_data_ptr<float>();
+      pos[k] = pos_t[k].const_data_ptr<int64_t>();
+      coef[k] = scale_f.const_data_ptr<float>()[k] * gl;
+    }
+    lse_p = lse.const_data_ptr<float>();
+  }
+  at::parallel_for(0, B, std::max<int64_t>(1, kGrainRows / S), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int k = 0; k < 2; ++k) {
+        float* dk = d + b * S * 2 + k;
+        for (int64_t s = 0; s < S; ++s) dk[2 * s] = g[k] != nullptr ? g[k][b * S + s] : 0.f;
+        if (!has_loss) continue;
+        const int64_t target = std::clamp<int64_t>(pos[k][b], 0, S);
+        if (target == S) continue;  // ignored row
+        const float* xk = x[k] + b * S;
+        const float row_lse = lse_p[b * 2 + k];
+        for (int64_t s = 0; s < S; ++s) {
+          dk[2 * s] += (std::exp(xk[s] - row_lse) - (s == target ? 1.f : 0.f)) * coef[k];
+        }
+      }
+    }
+  });
+}
+
+// For the token rows of fixed chunk c = [c * kChunkRows, (c + 1) * kChunkRows):
+//   grad_hidden[t, :]  = d[t, 0] * w[0, :] + d[t, 1] * w[1, :]            (stored in hidden's dtype)
+//   partial_w[c, k, :] = sum_{t in c} d[t, k] * hidden[t, :]              (fp32, t ascending)
+//   partial_b[c, k]    = sum_{t in c} d[t, k]
+// One pass over hidden and grad_hidden. Chunks are handed to threads in contiguous ranges; each
+// chunk's partial depends only on its rows, so the bits do not depend on the thread count.
+template <typename scalar_t>
+void grad_rows_cpu(const at::Tensor& hidden,  // (B, S, H)
+                   const float* w,             // (2, H) fp32, rounded to the mm dtype
+                   const float* d,             // (B * S, 2) fp32
+                   at::ScalarType round_to,
+                   scalar_t* grad_hidden,      // (B * S, H) contiguous, or nullptr
+                   float* partial_w,           // (num_chunks, 2, H), or nullptr
+                   float* partial_b) {         // (num_chunks, 2), or nullptr
+  const int64_t N = hidden.size(0) * hidden.size(1), H = hidden.size(2);
+  const int64_t num_chunks = ceil_div(N, kChunkRows);
+  const HiddenRows<scalar_t> rows_of(hidden, round_to);
+  constexpr bool kGradInPlace = std::is_same_v<scalar_t, float>;
+  at::parallel_for(0, num_chunks, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<float> x_scratch(partial_w != nullptr && !rows_of.in_place() ? kRows * H : 0);
+    // Rows past the chunk's end (a partial block of kRows) write their (zero) gradient here.
+    std::vector<float> g_scratch(grad_hidden != nullptr ? kRows * H : 0);
+    const float* x_rows[kRows];
+    float* g_rows[kRows];
+    float d0[kRows], d1[kRows];
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t t_begin = c * kChunkRows, t_end = std::min(N, t_begin + kChunkRows);
+      if (partial_b != nullptr) {
+        float b0 = 0.f, b1 = 0.f;
+        for (int64_t t = t_begin; t < t_end; ++t) {
+          b0 += d[2 * t];
+          b1 += d[2 * t + 1];
+        }
+        partial_b[2 * c] = b0;
+        partial_b[2 * c + 1] = b1;
+      }
+      float* pw = partial_w != nullptr ? partial_w + c * 2 * H : nullptr;
+      if (pw != nullptr) std::fill(pw, pw + 2 * H, 0.f);
+      for (int64_t t0 = t_begin; t0 < t_end; t0 += kRows) {
+        const int64_t n = std::min(kRows, t_end - t0);
+        for (int64_t r = 0; r < kRows; ++r) {  // rows past n get d = 0: they add nothing
+          d0[r] = r < n ? d[2 * (t0 + r)] : 0.f;
+          d1[r] = r < n ? d[2 * (t0 + r) + 1] : 0.f;
+        }
+        if (grad_hidden != nullptr) {
+          for (int64_t r = 0; r < kRows; ++r) {
+            const bool direct = kGradInPlace && r < n;
+            g_rows[r] = direct ? reinterpret_cast<float*>(grad_hidden + (t0 + r) * H) : g_scratch.data() + r * H;
+          }
+          grad_hidden_rows(g_rows, d0, d1, w, w + H, H);
+          if constexpr (!kGradInPlace) {
+            for (int64_t r = 0; r < n; ++r) {  // one rounding, at the store
+              scalar_t* dst = grad_hidden + (t0 + r) * H;
+              for (int64_t h = 0; h < H; ++h) dst[h] = static_cast<scalar_t>(g_rows[r][h]);
+            }
+          }
+        }
+        if (pw != nullptr) {
+          rows_of.get(t0, n, x_scratch.data(), x_rows);
+          grad_weight_rows(x_rows, d0, d1, pw, pw + H, H);
+        }
+      }
+    }
+  });
+}
+
+// out[k, h] = sum_c partial[c, k, h]  for c = 0, 1, ..., num_chunks - 1 (in that order)
+void reduce_partials_cpu(const float* partial, int64_t num_chunks, int64_t width,  // (num_chunks, width)
+                         float* out) {  // (width,)
+  at::parallel_for(0, width, kGrainH, [&](int64_t h0, int64_t h1) {
+    std::fill(out + h0, out + h1, 0.f);
+    for (int64_t c = 0; c < num_chunks; ++c) add_rows(out + h0, partial + c * width + h0, h1 - h0);
+  });
+}
+
+BwdOutputs qa_head_bwd_cpu(const std::optional<at::Tensor>& grad_start,  // (B, S)
+                           const std::optional<at::Tensor>& grad_end,  // (B, S)
+                           const std::optional<at::Tensor>& grad_loss,  // ()
+                           const at::Tensor& hidden,  // (B, S, H)
+                           const at::Tensor& weight,  // (2, H)
+                           const at::Tensor& start_logits,  // (B, S)
+                           const at::Tensor& end_logits,  // (B, S)
+                           const at::Tensor& lse,  // (B, 2) fp32, or (0,) without labels
+                           const at::Tensor& scale,  // (2,) fp32, or (0,) without labels
+                           const std::optional<at::Tensor>& start_positions,  // (B,)
+                           const std::optional<at::Tensor>& end_positions,  // (B,)
+                           std::optional<at::ScalarType> cast_dtype, bool needs_grad_hidden,
+                           bool needs_grad_weight, bool needs_grad_bias) {
+  const bool has_loss = grad_loss.has_value() && lse.numel() > 0;
+  check_bwd_inputs(hidden, weight, start_logits, end_logits, lse, scale, has_loss);
+  TORCH_CHECK(!has_loss || (start_positions.has_value() && end_positions.has_value()),
+              "qa_head_bwd: grad_loss needs start_positions and end_positions");
+  const int64_t B = hidden.size(0), S = hidden.size(1), H = hidden.size(2), N = B * S;
+  const int64_t num_chunks = ceil_div(N, kChunkRows);
+  const at::ScalarType mm = mm_dtype(hidden, weight, cast_dtype);
+  const at::TensorOptions f32 = hidden.options().dtype(at::kFloat);
+
+  at::Tensor grad_hidden = needs_grad_hidden ? empty_large_output({B, S, H}, hidden.options()) : empty_output(hidden);
+  at::Tensor partial_w = needs_grad_weight ? at::empty({num_chunks, 2, H}, f32) : at::Tensor();
+  at::Tensor partial_b = needs_grad_bias ? at::empty({num_chunks, 2}, f32) : at::Tensor();
+  if (needs_grad_hidden || needs_grad_weight || needs_grad_bias) {
+    at::Tensor d = at::empty({N, 2}, f32);
+    d_logits_cpu(grad_start, grad_end, grad_loss, start_logits, end_logits, lse, scale, start_positions,
+                 end_positions, has_loss, d.data_ptr<float>());
+    const at::Tensor w = as_mm_fp32(weight, mm);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "qa_head_bwd_cpu", [&] {
+      grad_rows_cpu<scalar_t>(hidden, w.const_data_ptr<float>(), d.const_data_ptr<float>(),
+                              hidden_round_dtype(hidden, cast_dtype),
+                              needs_grad_hidden ? grad_hidden.data_ptr<scalar_t>() : nullptr,
+                              needs_grad_weight ? partial_w.data_ptr<float>() : nullptr,
+                              needs_grad_bias ? partial_b.data_ptr<float>() : nullptr);
+    });
+  }
+  at::Tensor grad_weight = empty_output(hidden), grad_bias = empty_output(hidden);
+  if (needs_grad_weight) {
+    at::Tensor gw = at::empty({2, H}, f32);
+    reduce_partials_cpu(partial_w.const_data_ptr<float>(), num_chunks, 2 * H, gw.data_ptr<float>());
+    grad_weight = gw.to(weight.scalar_type());
+  }
+  if (needs_grad_bias) {
+    grad_bias = at::empty({2}, f32);
+    reduce_partials_cpu(partial_b.const_data_ptr<float>(), num_chunks, 2, grad_bias.data_ptr<float>());
+  }
+  return {grad_hidden, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(qa_kernels_native, CPU, m) {
+  m.impl("qa_head_fwd", &qa_head_fwd_cpu);
+  m.impl("qa_head_bwd", &qa_head_bwd_cpu);
+}
+
+}  // namespace qa_kernels
