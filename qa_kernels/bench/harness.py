@@ -391,6 +391,7 @@ def plot(rows: Sequence[dict], path: str, suite: Suite, metric: str = "gbps", ti
     """A PNG: ``metric`` against the swept size (the bytes the mode must move), one panel per mode,
     one line per provider and dtype; the measured copy bandwidth as a dashed line on GB/s panels."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+    from matplotlib.ticker import FuncFormatter
 
     modes = [m for m in suite.modes if any(r["mode"] == m for r in rows)]
     providers = [p for p in suite.providers if any(r["provider"] == p for r in rows)]
@@ -418,6 +419,9 @@ def plot(rows: Sequence[dict], path: str, suite: Suite, metric: str = "gbps", ti
         else:
             ax.set_yscale("log")
         ax.set_xscale("log")
+        for axis in (ax.xaxis, ax.yaxis):  # plain numbers, not 10^x, on log axes
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.1g}"[0] in "25" else ""))
         ax.set_title(mode)
         ax.set_xlabel("bytes the mode must move (MB, log)")
         ax.set_ylabel(PLOT_METRICS[metric])

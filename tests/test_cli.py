@@ -1,0 +1,156 @@
+"""The ``qa-kernels`` command: ``bench`` runs a tiny benchmark end to end (table, CSV, PNG), rejects bad
+options with an error naming the option, and counts the bytes each mode must move. No timed
+assertions: the machine running the tests is shared."""
+
+import csv
+
+import pytest
+import torch
+
+from qa_kernels import backend as qa_backend
+from qa_kernels import cli
+from qa_kernels.bench import harness
+from qa_kernels.bench.head import HeadSuite, moved_bytes
+
+REQUIRED_COLUMNS = {
+    "device", "torch", "triton", "dtype", "B", "S", "H", "mode", "provider",
+    "median_ms", "p20_ms", "p80_ms", "gbps", "copy_gbps", "peak_mem_mb",
+}  # fmt: skip
+# Tiny shapes, near-zero timing budgets: each case runs a handful of times.
+TINY = ["--warmup-ms", "0", "--rep-ms", "0", "--no-progress"]
+
+
+def _read(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_bench_writes_table_csv_and_png(tmp_path, capsys):
+    out_csv, out_png = tmp_path / "r.csv", tmp_path / "sub" / "r.png"
+    argv = ["bench", "--shapes", "2x16x32", "3x8x64", "--providers", "eager", "--modes", "inference", "fwd+bwd"]
+    assert cli.main([*argv, *TINY, "--csv", str(out_csv), "--plot", str(out_png)]) == 0
+
+    printed = capsys.readouterr().out
+    assert "copy bandwidth" in printed and "qa-kernels bench --shapes 2x16x32" in printed
+    rows = _read(out_csv)
+    assert REQUIRED_COLUMNS <= set(rows[0])
+    got = [(r["B"], r["S"], r["H"], r["mode"], r["provider"]) for r in rows]
+    assert got == [
+        ("2", "16", "32", "inference", "eager"),
+        ("2", "16", "32", "fwd+bwd", "eager"),
+        ("3", "8", "64", "inference", "eager"),
+        ("3", "8", "64", "fwd+bwd", "eager"),
+    ]
+    for r in rows:
+        assert r["dtype"] == "fp32" and r["torch"] == torch.__version__
+        assert 0 < float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"])
+        assert float(r["gbps"]) == pytest.approx(float(r["moved_mb"]) / float(r["median_ms"]))  # MB/ms = GB/s
+        assert float(r["copy_gbps"]) > 0
+        assert float(r["max_err"]) < 1e-5  # fp32 against the float64 reference
+        assert float(r["speedup_vs_eager"]) == 1.0
+    assert out_png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_bench_every_provider_here(tmp_path, capsys):
+    """Every provider that can run here (compile; triton under the interpreter; native when built),
+    every mode, and --append adding a second run's rows to the first."""
+    suite = HeadSuite()
+    providers = [p for p in suite.providers if suite.unavailable(p, "cpu") is None]
+    out_csv = tmp_path / "r.csv"
+    argv = ["bench", "--shapes", "2x16x32", "--providers", *providers, *TINY, "--csv", str(out_csv)]
+    assert cli.main(argv) == 0
+    again = ["--append", "--providers", "eager", "--modes", "fwd", "--plot", str(tmp_path / "t.png")]
+    assert cli.main([*argv, *again, "--plot-metric", "time"]) == 0
+    rows = _read(out_csv)
+    assert len(rows) == len(providers) * len(suite.modes) + 1
+    assert {r["provider"] for r in rows} == set(providers)
+    for r in rows:
+        assert float(r["max_err"]) < 1e-5, r
+    assert (tmp_path / "t.png").exists()
+    if "triton" in providers:
+        assert "triton" in capsys.readouterr().out
+
+
+def test_bench_shows_a_progress_bar(capsys):
+    assert cli.main(["bench", "--shapes", "1x4x8", "--providers", "eager", "--modes", "inference", *TINY[:-1]]) == 0
+    assert "bench head" in capsys.readouterr().err
+
+
+def test_append_refuses_other_columns(tmp_path):
+    path = tmp_path / "other.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="other columns"):
+        harness.write_csv([], str(path), HeadSuite(), append=True)
+
+
+def test_csv_round_trip(tmp_path):
+    row = {c: None for c in harness.columns(HeadSuite())} | {"B": 2, "median_ms": 0.5, "provider": "eager"}
+    harness.write_csv([row], str(tmp_path / "r.csv"), HeadSuite())
+    assert harness.read_csv(str(tmp_path / "r.csv")) == [row]
+
+
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["--shapes", "32x384"], "--shapes"),  # two dimensions for three
+        (["--shapes", "32x0x8"], "--shapes"),  # a zero size
+        (["--shapes", "bert-huge"], "--shapes"),  # not a preset
+        (["--dtypes", "fp8"], "--dtypes"),
+        (["--modes", "train"], "--modes"),
+        (["--providers", "cudnn"], "--providers"),
+        (["--append"], "--append"),  # without --csv
+        (["--rep-ms", "-1"], "--rep-ms"),
+        (["--threads", "0"], "--threads"),
+        (["--plot-metric", "flops"], "--plot-metric"),
+        (["--suite", "nope"], "--suite"),
+    ],
+)
+def test_bad_options_name_the_option(argv, option, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and "usage: qa-kernels bench" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the errors for what a CPU-only machine lacks")
+def test_unavailable_device_and_providers_are_explained(monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--device", "cuda"])
+    assert "--device: cuda" in capsys.readouterr().err
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--providers", "triton"])
+    assert "--providers: triton cannot run on cpu" in capsys.readouterr().err
+    if not qa_backend.native_available():
+        with pytest.raises(SystemExit):
+            cli.main(["bench", "--providers", "native"])
+        assert "--providers: native cannot run on cpu" in capsys.readouterr().err
+
+
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--shapes", "--dtypes", "--providers", "--modes", "--csv", "--plot"):
+        assert option in out
+
+
+def test_byte_counts():
+    # bert-large SQuAD in bf16 (DESIGN.md): hidden is 32 * 384 * 1024 * 2 bytes = 25.2 MB.
+    hidden = 32 * 384 * 1024 * 2
+    shape = (32, 384, 1024)
+    assert moved_bytes("inference", shape, "bf16") == hidden  # read hidden once
+    assert moved_bytes("fwd", shape, "bf16") == hidden  # read hidden once
+    assert moved_bytes("bwd", shape, "bf16") == 2 * hidden  # read hidden, write grad_hidden
+    assert moved_bytes("fwd+bwd", shape, "bf16") == 2 * hidden == 50_331_648  # the 50 MB floor
+    assert moved_bytes("fwd+bwd", shape, "fp32") == 2 * moved_bytes("fwd+bwd", shape, "fp16")
+
+
+def test_default_run_covers_the_providers_available_here():
+    suite = HeadSuite()
+    assert suite.default_providers("cpu")[:2] == ["eager", "compile"]
+    assert "triton" not in suite.default_providers("cpu")  # the interpreter is for tests, not timing
+    assert suite.default_shapes("cuda") == [(32, 384, 768), (32, 384, 1024)]
+    assert suite.default_dtypes("cuda") == ["bf16"]
