@@ -1,5 +1,5 @@
 # The two commands a new machine needs (see README.md):
-#   make run    set up, then run the main job (a self-check of the fused head on this device)
+#   make run    set up, then run the main job (qa-kernels bench: eager vs torch.compile vs ours, here)
 #   make test   set up, then run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,8 +18,10 @@ $(BIN)/.installed: pyproject.toml setup.py constraints.txt
 
 setup: $(BIN)/.installed
 
+# The main job: `qa-kernels bench` with its defaults on this machine's device (CUDA, else CPU: about
+# a minute there); the table goes to the terminal, the CSV and the plot under build/bench/.
 run: setup
-	$(BIN)/python -m qa_kernels selfcheck
+	$(BIN)/python -m qa_kernels bench --csv build/bench/results.csv --plot build/bench/results.png
 
 test: setup
 	$(BIN)/python -m pytest
