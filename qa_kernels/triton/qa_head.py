@@ -29,14 +29,18 @@ from ..backend import triton_interpreter_on
 
 # ----------------------------------------------------------------------------------------------
 # Launch heuristics, in one place. The interpreter's cost is per program and per op, so it gets
-# the largest blocks; on a GPU the blocks keep register use moderate and many programs in flight.
+# the largest blocks. On a GPU: no register spills and moderate register use, checked by compiling
+# for sm_90 without a GPU (tests/triton_aot.py; bf16, contiguous): the forward at (16, 256, 4)
+# uses 80 registers; the backward at (32, 256, 4) 160 (at (16, 256, 4) it would use 105 but write
+# twice the grad_weight partials: 2 * 4 * H bytes per program). Not yet tuned on hardware.
 # ----------------------------------------------------------------------------------------------
-#                       BLOCK_S  BLOCK_H  num_warps
-_GPU_TOKEN_BLOCKS = (32, 256, 4)
+#                      (BLOCK_S, BLOCK_H, num_warps)
+_GPU_FWD_BLOCKS = (16, 256, 4)
+_GPU_BWD_BLOCKS = (32, 256, 4)
 _INTERPRETER_TOKEN_BLOCKS = (256, 1024, 1)
 _GPU_LOSS_TILE = 4096  # elements of logits one loss-kernel step holds (BLOCK_B x BLOCK_S)
 _INTERPRETER_LOSS_TILE = 1 << 16
-_GPU_REDUCE_BLOCKS = (64, 128)  # (BLOCK_P, BLOCK_H) for the partials reduction
+_GPU_REDUCE_BLOCKS = (64, 32)  # (BLOCK_P, BLOCK_H): narrow in H so that H / 32 programs share the reduction
 _INTERPRETER_REDUCE_BLOCKS = (256, 1024)
 
 
@@ -45,8 +49,8 @@ def _pow2(n: int, cap: int) -> int:
     return min(triton.next_power_of_2(max(n, 1)), cap)
 
 
-def _token_blocks(S: int, H: int) -> tuple[int, int, int]:
-    block_s, block_h, warps = _INTERPRETER_TOKEN_BLOCKS if triton_interpreter_on() else _GPU_TOKEN_BLOCKS
+def _token_blocks(S: int, H: int, gpu_blocks: tuple[int, int, int]) -> tuple[int, int, int]:
+    block_s, block_h, warps = _INTERPRETER_TOKEN_BLOCKS if triton_interpreter_on() else gpu_blocks
     return _pow2(S, block_s), _pow2(H, block_h), warps
 
 
@@ -316,7 +320,7 @@ def qa_head_fwd(
     out_dtype = cast_dtype or hidden.dtype
     start = torch.empty((B, S), dtype=out_dtype, device=hidden.device)
     end = torch.empty((B, S), dtype=out_dtype, device=hidden.device)
-    block_s, block_h, warps = _token_blocks(S, H)
+    block_s, block_h, warps = _token_blocks(S, H, _GPU_FWD_BLOCKS)
     if B > 0:
         _qa_logits_kernel[(B, triton.cdiv(S, block_s))](
             hidden, weight, bias if bias is not None else weight, start, end,
@@ -366,7 +370,7 @@ def qa_head_bwd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     B, S, H = hidden.shape
     device = hidden.device
-    block_s, block_h, warps = _token_blocks(S, H)
+    block_s, block_h, warps = _token_blocks(S, H, _GPU_BWD_BLOCKS)
     grid = (B, triton.cdiv(S, block_s))
     num_partials = grid[0] * grid[1]
     write_partials = needs_grad_weight or needs_grad_bias

@@ -1,0 +1,119 @@
+"""Compile every qa_kernels Triton kernel for a real GPU target, on a machine without a GPU.
+
+Triton's compiler needs no device to go from the kernel's source to PTX and a cubin (ptxas ships
+with Triton), so this catches what the CPU interpreter hides: type errors in compiled code, bad
+constexpr branches, and register spills. Run as a script with TRITON_INTERPRET unset (the
+interpreter replaces the kernels with Python functions); tests/test_triton_compile.py does that.
+
+    python tests/triton_aot.py --arch 90     # prints one JSON line per compiled variant
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from qa_kernels.triton import qa_head as k
+
+# What Triton's launcher specializes at run time for contiguous inputs, mirrored here so the
+# compiled code is the one that runs: strides equal to 1 become constants (vectorized accesses);
+# pointers and 16-divisible integers (H = 768/1024, the row strides) carry tt.divisibility = 16.
+_UNIT_STRIDES = {"stride_hh": 1, "stride_wh": 1, "stride_gwh": 1}
+_DIVISIBLE_INTS = {"H", "stride_hb", "stride_hs", "stride_wk", "stride_gwk"}
+_F32_ARGS = {"num_items_value"}
+
+
+def _source(fn, pointers: dict[str, str], constexprs: dict[str, object]) -> ASTSource:
+    """The kernel as the launcher would specialize it for contiguous, 16-byte-aligned inputs."""
+    constexprs = {**{n: v for n, v in _UNIT_STRIDES.items() if n in fn.arg_names}, **constexprs}
+    signature, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*" + pointers.get(name, "fp32")
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name in _F32_ARGS:
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+            if name in _DIVISIBLE_INTS:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+
+
+def variants():
+    """(kernel, label, pointer dtypes, constexprs, num_warps) for the combinations the launchers use."""
+    fwd_s, fwd_h, fwd_warps = k._GPU_FWD_BLOCKS
+    bwd_s, bwd_h, bwd_warps = k._GPU_BWD_BLOCKS
+    for hidden, out, weight in [("fp32", "fp32", "fp32"), ("bf16", "bf16", "bf16"), ("fp16", "fp16", "fp32"),
+                                ("fp32", "bf16", "fp32")]:  # fmt: skip
+        round_inputs = hidden != out  # the autocast case
+        ptrs = {"hidden_ptr": hidden, "weight_ptr": weight, "bias_ptr": weight, "start_ptr": out, "end_ptr": out}
+        for has_bias in (True, False):
+            yield (k._qa_logits_kernel, f"logits h={hidden} out={out} w={weight} bias={has_bias}", ptrs,
+                   {"HAS_BIAS": has_bias, "ROUND_INPUTS": round_inputs, "BLOCK_S": fwd_s, "BLOCK_H": fwd_h},
+                   fwd_warps)  # fmt: skip
+        bwd_ptrs = {**ptrs, "grad_start_ptr": "fp32", "grad_end_ptr": "fp32", "grad_loss_ptr": "fp32",
+                    "start_pos_ptr": "i64", "end_pos_ptr": "i64", "grad_hidden_ptr": hidden}  # fmt: skip
+        for flags in [(True, True, True, True, True, True), (False, False, True, True, False, False),
+                      (True, True, False, False, True, True)]:  # fmt: skip
+            names = ("HAS_GRAD_START", "HAS_GRAD_END", "HAS_GRAD_LOSS", "WRITE_GRAD_HIDDEN", "WRITE_PARTIAL_W",
+                     "WRITE_PARTIAL_B")  # fmt: skip
+            meta = dict(zip(names, flags, strict=True))
+            yield (k._qa_head_bwd_kernel, f"bwd h={hidden} out={out} {''.join(str(int(f)) for f in flags)}",
+                   bwd_ptrs, {**meta, "ROUND_INPUTS": round_inputs, "BLOCK_S": bwd_s, "BLOCK_H": bwd_h},
+                   bwd_warps)  # fmt: skip
+        for pos in ("i64", "i32"):
+            for mode in (0, 1, 2):
+                yield (k._qa_loss_kernel, f"loss logits={out} pos={pos} mode={mode}",
+                       {"start_ptr": out, "end_ptr": out, "start_pos_ptr": pos, "end_pos_ptr": pos,
+                        "num_items_ptr": "i64"},
+                       {"NUM_ITEMS_MODE": mode, "BLOCK_B": 8, "BLOCK_S": 512}, 4)  # fmt: skip
+    for weight in ("fp32", "bf16"):
+        for w, b in [(True, True), (True, False), (False, True)]:
+            yield (k._qa_reduce_kernel, f"reduce w={weight} grad_w={w} grad_b={b}", {"grad_w_ptr": weight},
+                   {"WRITE_GRAD_W": w, "WRITE_GRAD_B": b, "BLOCK_P": k._GPU_REDUCE_BLOCKS[0],
+                    "BLOCK_H": k._GPU_REDUCE_BLOCKS[1]}, 4)  # fmt: skip
+
+
+def _resource_usage(cubin: bytes) -> dict[str, int]:
+    """Registers and spill bytes from cuobjdump (shipped with Triton's NVIDIA backend)."""
+    cuobjdump = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([str(cuobjdump), "-res-usage", f.name], capture_output=True, text=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", text)
+    if not found:
+        return {}
+    regs, stack, shared, local = map(int, found.groups())
+    return {"regs": regs, "stack": stack, "shared": shared, "local": local}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (Hopper), 80 (Ampere)")
+    args = parser.parse_args()
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        parser.error("run with TRITON_INTERPRET unset: the interpreter replaces the kernels")
+    target = GPUTarget("cuda", args.arch, 32)
+    for fn, label, ptrs, constexprs, warps in variants():
+        compiled = triton.compile(_source(fn, ptrs, constexprs), target=target, options={"num_warps": warps})
+        print(json.dumps({"kernel": fn.__name__, "variant": label, "arch": args.arch,
+                          **_resource_usage(compiled.asm["cubin"])}), flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
