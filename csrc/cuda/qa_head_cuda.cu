@@ -1,0 +1,389 @@
+// CUDA kernels of the fused QA head (registered for the CUDA key of qa_kernels_native::qa_head_*).
+// A hand-written peer of the Triton kernels (qa_kernels/triton/qa_head.py), same math, same passes:
+//
+// Forward (2 launches):
+//   logits_kernel    one warp per token row: both dot products over H, written to the two (B, S)
+//                    outputs in their dtype.
+//   loss_kernel      one block: per-row logsumexp (fp32, from the stored logits), clamp/ignore, the
+//                    per-side mean (or sum / num_items), the loss and the gradient scale. The row
+//                    sums go warp by warp in a fixed order: deterministic, no host sync.
+// Backward (3 launches):
+//   bwd_kernel       one block per (b, kBwdRows rows): d_logits for its rows (shared memory), then
+//                    one pass over H writing grad_hidden and fp32 partials of grad_weight / grad_bias.
+//   reduce_kernel    sums the partials in a fixed order (twice: grad_weight, grad_bias). No atomics.
+//
+// Only the headers the kernels need: ATen/cuda/CUDAContext.h would pull in cusparse.h / cublas.h.
+#include "qa_head.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace qa_kernels {
+namespace {
+
+// ------------------------------------------------------------------------------------------------
+// Launch configuration, in one place.
+// ------------------------------------------------------------------------------------------------
+constexpr int kWarp = 32;
+constexpr int kLogitsWarps = 8;    // token rows per logits block (one warp each)
+constexpr int kLossWarps = 16;     // warps of the single loss block
+constexpr int kBwdRows = 32;       // token rows per backward block (one partial each)
+constexpr int kBwdThreads = 256;   // threads of a backward block, striding over H
+constexpr int kReduceThreads = 256;
+
+// Full-warp butterfly sum: the same order in every call (deterministic).
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// x rounded to round_t (the autocast dtype) and widened to fp32. With round_t = hidden's dtype (no
+// autocast) or fp32 it is exact.
+template <typename round_t, typename scalar_t>
+__device__ __forceinline__ float rounded(scalar_t x) {
+  return static_cast<float>(static_cast<round_t>(static_cast<float>(x)));
+}
+
+__device__ __forceinline__ int64_t clamp_target(int64_t pos, int64_t S) {
+  return pos < 0 ? 0 : (pos > S ? S : pos);  // S: the ignore index
+}
+
+// ------------------------------------------------------------------------------------------------
+// Forward
+// ------------------------------------------------------------------------------------------------
+
+// start[t] = sum_h round(hidden[t, h]) * w[0, h] + bias[0];  end[t] likewise with w[1], bias[1]
+// (t = b * S + s; fp32 accumulation; w and bias already rounded to the mm dtype, fp32).
+template <typename scalar_t, typename out_t>
+__global__ void logits_kernel(const scalar_t* __restrict__ hidden,  // (B, S, H) strided
+                              const float* __restrict__ w,          // (2, H) fp32 contiguous
+                              const float* __restrict__ bias,       // (2,) fp32, or nullptr
+                              out_t* __restrict__ start, out_t* __restrict__ end,  // (B * S,) each
+                              int64_t N, int64_t S, int64_t H,  // sizes
+                              int64_t stride_b, int64_t stride_s, int64_t stride_h) {  // strides
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * kLogitsWarps + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (t >= N) return;  // whole warps leave together
+  const scalar_t* row = hidden + (t / S) * stride_b + (t % S) * stride_s;
+  float acc0 = 0.f, acc1 = 0.f;
+  for (int64_t h = lane; h < H; h += kWarp) {
+    const float x = rounded<out_t>(row[h * stride_h]);
+    acc0 = fmaf(x, w[h], acc0);
+    acc1 = fmaf(x, w[H + h], acc1);
+  }
+  acc0 = warp_sum(acc0);
+  acc1 = warp_sum(acc1);
+  if (lane == 0) {
+    if (bias != nullptr) {
+      acc0 += bias[0];
+      acc1 += bias[1];
+    }
+    start[t] = static_cast<out_t>(acc0);
+    end[t] = static_cast<out_t>(acc1);
+  }
+}
+
+// Per side k of row b (warp w takes rows w, w + kLossWarps, ...):
+//   lse[b, k] = m + log sum_s exp(x_k[b, s] - m),  m = max_s x_k[b, s]
+//   nll_k[b]  = lse[b, k] - x_k[b, target_k[b]]   on valid rows (target != S)
+// side_k = sum_b nll_k[b] / n_k;  loss = (side_0 + side_1) / 2;  scale[k] = 1 / (2 n_k), with
+// n_k = valid rows (mode 0; none: 0/0 = NaN, as eager), num_items_value (1) or *num_items (2).
+template <typename out_t>
+__global__ void loss_kernel(const out_t* __restrict__ start, const out_t* __restrict__ end,  // (B, S)
+                            const int64_t* __restrict__ start_pos, const int64_t* __restrict__ end_pos,  // (B,)
+                            const float* __restrict__ num_items,  // () fp32, read in mode 2
+                            float* __restrict__ loss, float* __restrict__ lse, float* __restrict__ scale,
+                            int64_t B, int64_t S, float num_items_value, int mode) {
+  __shared__ float warp_nll[kLossWarps][2];
+  __shared__ float warp_count[kLossWarps][2];
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const out_t* logits[2] = {start, end};
+  const int64_t* pos[2] = {start_pos, end_pos};
+  float nll_sum[2] = {0.f, 0.f}, count[2] = {0.f, 0.f};
+  for (int64_t b = warp; b < B; b += kLossWarps) {
+    for (int k = 0; k < 2; ++k) {
+      const out_t* row = logits[k] + b * S;
+      float m = -INFINITY;
+      for (int64_t s = lane; s < S; s += kWarp) m = fmaxf(m, static_cast<float>(row[s]));
+      m = warp_max(m);
+      float l = 0.f;
+      for (int64_t s = lane; s < S; s += kWarp) l += expf(static_cast<float>(row[s]) - m);
+      const float row_lse = m + logf(warp_sum(l));
+      if (lane == 0) {
+        lse[b * 2 + k] = row_lse;
+        const int64_t target = clamp_target(pos[k][b], S);
+        if (target != S) {
+          nll_sum[k] += row_lse - static_cast<float>(row[target]);
+          count[k] += 1.f;
+        }
+      }
+    }
+  }
+  if (lane == 0) {
+    for (int k = 0; k < 2; ++k) {
+      warp_nll[warp][k] = nll_sum[k];
+      warp_count[warp][k] = count[k];
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float side[2], denom[2];
+    for (int k = 0; k < 2; ++k) {
+      float nll = 0.f, n = 0.f;
+      for (int w = 0; w < kLossWarps; ++w) {  // warp order: deterministic
+        nll += warp_nll[w][k];
+        n += warp_count[w][k];
+      }
+      denom[k] = mode == 0 ? n : (mode == 1 ? num_items_value : *num_items);
+      side[k] = nll / denom[k];
+      scale[k] = 0.5f / denom[k];
+    }
+    *loss = (side[0] + side[1]) / 2;
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Backward
+// ------------------------------------------------------------------------------------------------
+
+// Block (b, j) owns rows s in [j * kBwdRows, (j + 1) * kBwdRows) of batch row b; p = b * gridDim.y + j.
+//   d_k[s]          = grad_k[b, s] + grad_loss * scale[k] * (exp(x_k[b, s] - lse[b, k]) - [s == target_k]),
+//                     the cross-entropy term 0 on ignored rows (fp32, never rounded)
+//   grad_hidden[t,h] = d_0[s] * w[0, h] + d_1[s] * w[1, h]
+//   partial_w[p,k,h] = sum_s d_k[s] * round(hidden[b, s, h])       (s ascending)
+//   partial_b[p, k]  = sum_s d_k[s]
+template <typename scalar_t, typename out_t>
+__global__ void bwd_kernel(const scalar_t* __restrict__ hidden,  // (B, S, H) strided
+                           const float* __restrict__ w,          // (2, H) fp32, rounded to the mm dtype
+                           const out_t* __restrict__ start, const out_t* __restrict__ end,  // (B, S) logits
+                           const float* __restrict__ grad_start, const float* __restrict__ grad_end,  // (B, S) or null
+                           const float* __restrict__ grad_loss,  // () or null (no loss term)
+                           const float* __restrict__ lse, const float* __restrict__ scale,  // (B, 2), (2,)
+                           const int64_t* __restrict__ start_pos, const int64_t* __restrict__ end_pos,  // (B,)
+                           scalar_t* __restrict__ grad_hidden,  // (B, S, H) contiguous, or null
+                           float* __restrict__ partial_w,       // (P, 2, H), or null
+                           float* __restrict__ partial_b,       // (P, 2), or null
+                           int64_t S, int64_t H,  // sizes
+                           int64_t stride_b, int64_t stride_s, int64_t stride_h) {  // strides
+  __shared__ float d[2][kBwdRows];
+  const int64_t b = blockIdx.x;
+  const int64_t s0 = static_cast<int64_t>(blockIdx.y) * kBwdRows;
+  const int64_t p = b * gridDim.y + blockIdx.y;
+  const int64_t rows = S - s0 < kBwdRows ? S - s0 : kBwdRows;
+
+  if (threadIdx.x < 2 * kBwdRows) {
+    const int k = threadIdx.x / kBwdRows, r = threadIdx.x % kBwdRows;
+    const int64_t s = s0 + r, t = b * S + s;
+    float dk = 0.f;
+    if (r < rows) {
+      const float* g = k == 0 ? grad_start : grad_end;
+      if (g != nullptr) dk = g[t];
+      if (grad_loss != nullptr) {
+        const int64_t target = clamp_target((k == 0 ? start_pos : end_pos)[b], S);
+        if (target != S) {
+          const float x = static_cast<float>((k == 0 ? start : end)[t]);
+          const float prob = expf(x - lse[b * 2 + k]);
+          dk += (prob - (s == target ? 1.f : 0.f)) * (scale[k] * *grad_loss);
+        }
+      }
+    }
+    d[k][r] = dk;
+  }
+  __syncthreads();
+  if (partial_b != nullptr && threadIdx.x < 2) {
+    float sum = 0.f;
+    for (int r = 0; r < rows; ++r) sum += d[threadIdx.x][r];
+    partial_b[p * 2 + threadIdx.x] = sum;
+  }
+
+  const scalar_t* x_rows = hidden + b * stride_b + s0 * stride_s;
+  scalar_t* g_rows = grad_hidden != nullptr ? grad_hidden + (b * S + s0) * H : nullptr;
+  for (int64_t h = threadIdx.x; h < H; h += kBwdThreads) {
+    const float w0 = w[h], w1 = w[H + h];
+    float acc0 = 0.f, acc1 = 0.f;
+    for (int r = 0; r < rows; ++r) {
+      const float d0 = d[0][r], d1 = d[1][r];
+      if (g_rows != nullptr) g_rows[r * H + h] = static_cast<scalar_t>(fmaf(d0, w0, d1 * w1));
+      if (partial_w != nullptr) {
+        const float x = rounded<out_t>(x_rows[r * stride_s + h * stride_h]);
+        acc0 = fmaf(d0, x, acc0);
+        acc1 = fmaf(d1, x, acc1);
+      }
+    }
+    if (partial_w != nullptr) {
+      partial_w[(p * 2) * H + h] = acc0;
+      partial_w[(p * 2 + 1) * H + h] = acc1;
+    }
+  }
+}
+
+// out[j] = sum_p partial[p, j]  for p = 0, 1, ..., P - 1 (that order), j < width
+template <typename out_t>
+__global__ void reduce_kernel(const float* __restrict__ partial,  // (P, width)
+                              out_t* __restrict__ out,            // (width,)
+                              int64_t P, int64_t width) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kReduceThreads + threadIdx.x;
+  if (j >= width) return;
+  float acc = 0.f;
+  for (int64_t p = 0; p < P; ++p) acc += partial[p * width + j];
+  out[j] = static_cast<out_t>(acc);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Host side: same contract as the CPU kernels (qa_head.h).
+// ------------------------------------------------------------------------------------------------
+
+unsigned int blocks(int64_t work, int64_t per_block) {
+  return static_cast<unsigned int>((work + per_block - 1) / per_block);
+}
+
+const float* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; }
+
+FwdOutputs qa_head_fwd_cuda(const at::Tensor& hidden,  // (B, S, H)
+                            const at::Tensor& weight,  // (2, H)
+                            const std::optional<at::Tensor>& bias,  // (2,)
+                            const std::optional<at::Tensor>& start_positions,  // (B,) or (B, 1)
+                            const std::optional<at::Tensor>& end_positions,  // (B,) or (B, 1)
+                            const std::optional<at::Tensor>& num_items,  // ()
+                            std::optional<double> num_items_value,
+                            std::optional<at::ScalarType> cast_dtype) {
+  check_fwd_inputs(hidden, weight, bias, start_positions, end_positions);
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t B = hidden.size(0), S = hidden.size(1), H = hidden.size(2), N = B * S;
+  const at::ScalarType mm = mm_dtype(hidden, weight, cast_dtype);
+  const at::ScalarType out_dtype = cast_dtype.value_or(hidden.scalar_type());
+  const at::Tensor w = weight.to(mm).to(at::kFloat).contiguous();  // (2, H) fp32
+  const at::Tensor bias_f = bias.has_value() ? bias->to(mm).to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor start = at::empty({B, S}, hidden.options().dtype(out_dtype));
+  at::Tensor end = at::empty({B, S}, hidden.options().dtype(out_dtype));
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "qa_head_fwd_cuda", [&] {
+    using hidden_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "qa_head_fwd_cuda_out", [&] {
+      if (N > 0) {
+        logits_kernel<hidden_t, scalar_t><<<blocks(N, kLogitsWarps), kLogitsWarps * kWarp, 0, stream>>>(
+            hidden.const_data_ptr<hidden_t>(), w.const_data_ptr<float>(), data_or_null(bias_f),
+            start.data_ptr<scalar_t>(), end.data_ptr<scalar_t>(), N, S, H, hidden.stride(0), hidden.stride(1),
+            hidden.stride(2));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    });
+  });
+  if (!start_positions.has_value() || !end_positions.has_value()) {
+    return {start, end, empty_output(hidden), empty_output(hidden), empty_output(hidden)};
+  }
+
+  at::Tensor loss = at::empty({}, hidden.options().dtype(at::kFloat));
+  at::Tensor lse = at::empty({B, 2}, hidden.options().dtype(at::kFloat));
+  at::Tensor scale = at::empty({2}, hidden.options().dtype(at::kFloat));
+  const at::Tensor start_pos = positions_as_int64(*start_positions);
+  const at::Tensor end_pos = positions_as_int64(*end_positions);
+  const at::Tensor num_items_f = num_items.has_value() ? num_items->to(at::kFloat) : at::Tensor();  // stays on device
+  const int mode = num_items.has_value() ? 2 : (num_items_value.has_value() ? 1 : 0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "qa_head_loss_cuda", [&] {
+    loss_kernel<scalar_t><<<1, kLossWarps * kWarp, 0, stream>>>(
+        start.const_data_ptr<scalar_t>(), end.const_data_ptr<scalar_t>(), start_pos.const_data_ptr<int64_t>(),
+        end_pos.const_data_ptr<int64_t>(), data_or_null(num_items_f), loss.data_ptr<float>(), lse.data_ptr<float>(),
+        scale.data_ptr<float>(), B, S, static_cast<float>(num_items_value.value_or(1.0)), mode);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {start, end, loss, lse, scale};
+}
+
+BwdOutputs qa_head_bwd_cuda(const std::optional<at::Tensor>& grad_start,  // (B, S)
+                            const std::optional<at::Tensor>& grad_end,  // (B, S)
+                            const std::optional<at::Tensor>& grad_loss,  // ()
+                            const at::Tensor& hidden,  // (B, S, H)
+                            const at::Tensor& weight,  // (2, H)
+                            const at::Tensor& start_logits,  // (B, S)
+                            const at::Tensor& end_logits,  // (B, S)
+                            const at::Tensor& lse,  // (B, 2) fp32, or (0,)
+                            const at::Tensor& scale,  // (2,) fp32, or (0,)
+                            const std::optional<at::Tensor>& start_positions,  // (B,)
+                            const std::optional<at::Tensor>& end_positions,  // (B,)
+                            std::optional<at::ScalarType> cast_dtype, bool needs_grad_hidden,
+                            bool needs_grad_weight, bool needs_grad_bias) {
+  const bool has_loss = grad_loss.has_value() && lse.numel() > 0;
+  check_bwd_inputs(hidden, weight, start_logits, end_logits, lse, scale, has_loss);
+  TORCH_CHECK(!has_loss || (start_positions.has_value() && end_positions.has_value()),
+              "qa_head_bwd: grad_loss needs start_positions and end_positions");
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t B = hidden.size(0), S = hidden.size(1), H = hidden.size(2);
+  const unsigned int s_blocks = blocks(S, kBwdRows);
+  const int64_t P = B * s_blocks;
+  const at::TensorOptions f32 = hidden.options().dtype(at::kFloat);
+  const at::ScalarType mm = mm_dtype(hidden, weight, cast_dtype);
+
+  at::Tensor grad_hidden = needs_grad_hidden ? at::empty({B, S, H}, hidden.options()) : empty_output(hidden);
+  at::Tensor grad_weight = needs_grad_weight ? at::empty({2, H}, weight.options()) : empty_output(hidden);
+  at::Tensor grad_bias = needs_grad_bias ? at::empty({2}, f32) : empty_output(hidden);
+  at::Tensor partial_w = needs_grad_weight ? at::empty({P, 2, H}, f32) : at::Tensor();
+  at::Tensor partial_b = needs_grad_bias ? at::empty({P, 2}, f32) : at::Tensor();
+  if (!(needs_grad_hidden || needs_grad_weight || needs_grad_bias)) return {grad_hidden, grad_weight, grad_bias};
+
+  const at::Tensor w = weight.to(mm).to(at::kFloat).contiguous();
+  // Small (B, S) / () tensors in fp32, contiguous: autograd hands gradients over with any strides.
+  const at::Tensor gs = grad_start.has_value() ? grad_start->to(at::kFloat).contiguous() : at::Tensor();
+  const at::Tensor ge = grad_end.has_value() ? grad_end->to(at::kFloat).contiguous() : at::Tensor();
+  const at::Tensor gl = has_loss ? grad_loss->to(at::kFloat) : at::Tensor();
+  const at::Tensor start_pos = has_loss ? positions_as_int64(*start_positions) : at::Tensor();
+  const at::Tensor end_pos = has_loss ? positions_as_int64(*end_positions) : at::Tensor();
+  const at::Tensor start_c = start_logits.contiguous(), end_c = end_logits.contiguous();
+
+  if (P > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "qa_head_bwd_cuda", [&] {
+      using hidden_t = scalar_t;
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, start_c.scalar_type(), "qa_head_bwd_cuda_out", [&] {
+        bwd_kernel<hidden_t, scalar_t><<<dim3(static_cast<unsigned int>(B), s_blocks), kBwdThreads, 0, stream>>>(
+            hidden.const_data_ptr<hidden_t>(), w.const_data_ptr<float>(), start_c.const_data_ptr<scalar_t>(),
+            end_c.const_data_ptr<scalar_t>(), data_or_null(gs), data_or_null(ge), data_or_null(gl),
+            has_loss ? lse.const_data_ptr<float>() : nullptr, has_loss ? scale.const_data_ptr<float>() : nullptr,
+            has_loss ? start_pos.const_data_ptr<int64_t>() : nullptr,
+            has_loss ? end_pos.const_data_ptr<int64_t>() : nullptr,
+            needs_grad_hidden ? grad_hidden.data_ptr<hidden_t>() : nullptr,
+            needs_grad_weight ? partial_w.data_ptr<float>() : nullptr,
+            needs_grad_bias ? partial_b.data_ptr<float>() : nullptr, S, H, hidden.stride(0), hidden.stride(1),
+            hidden.stride(2));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  }
+  if (needs_grad_weight) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "qa_head_reduce_cuda", [&] {
+      reduce_kernel<scalar_t><<<blocks(2 * H, kReduceThreads), kReduceThreads, 0, stream>>>(
+          partial_w.const_data_ptr<float>(), grad_weight.data_ptr<scalar_t>(), P, 2 * H);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  if (needs_grad_bias) {
+    reduce_kernel<float><<<1, kReduceThreads, 0, stream>>>(partial_b.const_data_ptr<float>(),
+                                                          grad_bias.data_ptr<float>(), P, 2);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {grad_hidden, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(qa_kernels_native, CUDA, m) {
+  m.impl("qa_head_fwd", &qa_head_fwd_cuda);
+  m.impl("qa_head_bwd", &qa_head_bwd_cuda);
+}
+
+}  // namespace qa_kernels
