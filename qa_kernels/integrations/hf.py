@@ -145,6 +145,23 @@ NOT_SUPPORTED: dict[str, str] = {
     "BlipForQuestionAnswering": "answer generation, not span extraction",
 }
 
+# The one quirk that reaches beyond the head: these encoder-decoders turn the decoder's cache off
+# when both positions are given (`if start_positions is not None and end_positions is not None:
+# use_cache = False`, before the backbone runs). The patched forward, which runs them without
+# positions, does the same. tests/test_hf_patch.py checks this set against the installed sources.
+NO_CACHE_WITH_LABELS = frozenset(
+    {
+        "BartForQuestionAnswering",
+        "BigBirdPegasusForQuestionAnswering",
+        "LEDForQuestionAnswering",
+        "MBartForQuestionAnswering",
+        "MT5ForQuestionAnswering",
+        "MvpForQuestionAnswering",
+        "T5ForQuestionAnswering",
+        "UMT5ForQuestionAnswering",
+    }
+)
+
 _SUPPORTED_NAMES = frozenset(name for _, name in SUPPORTED)
 _HEAD = "qa_outputs"
 
@@ -244,6 +261,9 @@ def _fused_forward_for(cls: type):
         raise _unsupported(cls, "its forward takes no start_positions / end_positions")
     start_index, end_index = params.index("start_positions"), params.index("end_positions")
     loss_takes_kwargs = _loss_takes_kwargs(cls)
+    defining = next(base for base in cls.__mro__ if "forward" in vars(base))
+    no_cache_with_labels = defining.__name__ in NO_CACHE_WITH_LABELS
+    use_cache_index = params.index("use_cache") if no_cache_with_labels else -1
 
     @functools.wraps(original)  # the same signature: Trainer reads the label names from it
     def forward(self, *args, **kwargs):
@@ -275,6 +295,11 @@ def _fused_forward_for(cls: type):
                 f"qa_kernels: {type(self).__name__}.{_HEAD} was replaced after patch() (it is a "
                 f"{type(head).__name__}); call qa_kernels.patch(model) again"
             )
+        if no_cache_with_labels:  # as eager does when it sees both positions
+            if len(args) > use_cache_index:
+                args[use_cache_index] = False
+            else:
+                kwargs["use_cache"] = False
         num_items = kwargs.get("num_items_in_batch") if loss_takes_kwargs else None
         head._qa_labels = (start, end, num_items)
         try:

@@ -1,0 +1,557 @@
+"""qa_kernels.patch / unpatch on real transformers QA models (tiny random configs: nothing is
+downloaded): the patched model against an unpatched copy of itself, for every family in MODELS.
+
+The model factories and inputs at the top are shared with tests/test_hf_training.py. Sizes are the
+smallest each config accepts, so the set stays fast under the Triton interpreter; S = 13 is odd on
+purpose (no power-of-two block fits it exactly).
+
+Tests that exercise the head's math take the `backend` fixture (every implementation); the ones about
+the integration itself (dispatch, return types, unpatch, checkpoints) run once, on the default one."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+import qa_kernels
+from qa_kernels import ops
+from qa_kernels.integrations import hf
+from tests.utils import TOLERANCE, assert_close
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB, B, S = 99, 3, 13
+# Shared by every encoder config: tiny, and no dropout (patched and eager runs must draw the same
+# masks; DistilBert's qa_dropout, the one dropout the patch must keep, is tested on its own).
+_BERTISH = dict(
+    vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+    max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    attn_implementation="eager",  # sdpa returns no attention weights; eager does (output_attentions)
+)  # fmt: skip
+_EAGER = {"attn_implementation": "eager"}
+
+
+def _bert():
+    return transformers.BertForQuestionAnswering(transformers.BertConfig(**_BERTISH))
+
+
+def _roberta():
+    return transformers.RobertaForQuestionAnswering(transformers.RobertaConfig(**_BERTISH, pad_token_id=1))
+
+
+def _xlm_roberta():
+    return transformers.XLMRobertaForQuestionAnswering(transformers.XLMRobertaConfig(**_BERTISH, pad_token_id=1))
+
+
+def _electra():
+    return transformers.ElectraForQuestionAnswering(transformers.ElectraConfig(**_BERTISH, embedding_size=16))
+
+
+def _albert():
+    config = transformers.AlbertConfig(**_BERTISH, embedding_size=16, classifier_dropout_prob=0.0)
+    return transformers.AlbertForQuestionAnswering(config)
+
+
+def _deberta_v2():
+    config = transformers.DebertaV2Config(**_BERTISH, relative_attention=True, position_buckets=8,
+                                          pos_att_type=["p2c", "c2p"])  # fmt: skip
+    return transformers.DebertaV2ForQuestionAnswering(config)
+
+
+def _mobilebert():
+    config = transformers.MobileBertConfig(
+        **_BERTISH, embedding_size=16, intra_bottleneck_size=16, true_hidden_size=16, num_feedforward_networks=2
+    )
+    return transformers.MobileBertForQuestionAnswering(config)
+
+
+def _distilbert(qa_dropout=0.0):
+    config = transformers.DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
+                                           max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
+                                           qa_dropout=qa_dropout, **_EAGER)  # fmt: skip
+    return transformers.DistilBertForQuestionAnswering(config)
+
+
+def _longformer():
+    config = transformers.LongformerConfig(**_BERTISH, attention_window=4, pad_token_id=1, sep_token_id=2)
+    return transformers.LongformerForQuestionAnswering(config)
+
+
+def _llama():
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      pad_token_id=0, **_EAGER)  # fmt: skip
+    return transformers.LlamaForQuestionAnswering(config)
+
+
+def _gpt2():
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                     bos_token_id=1, eos_token_id=2, **_EAGER)  # fmt: skip
+    return transformers.GPT2ForQuestionAnswering(config)
+
+
+def _opt():  # the head sits on word_embed_proj_dim (16), not hidden_size (32)
+    config = transformers.OPTConfig(vocab_size=VOCAB, hidden_size=32, word_embed_proj_dim=16, num_hidden_layers=2,
+                                    num_attention_heads=4, ffn_dim=37, max_position_embeddings=64, dropout=0.0,
+                                    attention_dropout=0.0, pad_token_id=1, **_EAGER)  # fmt: skip
+    return transformers.OPTForQuestionAnswering(config)
+
+
+def _bart():
+    config = transformers.BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=1, decoder_layers=1,
+                                     encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=37,
+                                     decoder_ffn_dim=37, max_position_embeddings=64, dropout=0.0,
+                                     attention_dropout=0.0, activation_dropout=0.0, classifier_dropout=0.0,
+                                     **_EAGER)  # fmt: skip
+    return transformers.BartForQuestionAnswering(config)
+
+
+def _t5():
+    config = transformers.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=37, num_layers=1, num_decoder_layers=1,
+                                   num_heads=4, dropout_rate=0.0, decoder_start_token_id=0, **_EAGER)  # fmt: skip
+    return transformers.T5ForQuestionAnswering(config)
+
+
+MODELS: dict[str, Callable[[], torch.nn.Module]] = {
+    "bert": _bert,
+    "roberta": _roberta,
+    "xlm-roberta": _xlm_roberta,
+    "electra": _electra,
+    "albert": _albert,
+    "deberta-v2": _deberta_v2,
+    "mobilebert": _mobilebert,
+    "distilbert": _distilbert,
+    "longformer": _longformer,
+    "llama": _llama,  # GenericForQuestionAnswering: self.loss_function(..., **kwargs)
+    "gpt2": _gpt2,
+    "opt": _opt,
+    "bart": _bart,  # encoder-decoder: Seq2SeqQuestionAnsweringModelOutput
+    "t5": _t5,
+}
+
+
+def make_inputs(name: str, device: str, *, batch: int = B, seq: int = S) -> dict[str, torch.Tensor]:
+    """input_ids (B, S) and a padded attention_mask; tokens 0..3 are kept out of the text so that
+    pad/bos/sep ids appear only where placed."""
+    input_ids = torch.randint(4, VOCAB, (batch, seq), device=device)
+    attention_mask = torch.ones(batch, seq, dtype=torch.long, device=device)
+    attention_mask[0, -3:] = 0
+    if name == "longformer":
+        # Without a global_attention_mask, Longformer's QA forward builds one from exactly three
+        # sep tokens per row (question </s></s> context </s>): that path runs here.
+        input_ids[:, [2, 3, seq - 1]] = 2
+        attention_mask[0, -3:] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def positions(kind: str, device: str, seq: int = S) -> tuple[torch.Tensor, torch.Tensor]:
+    """(start, end) for batch B. "mixed": a negative start (eager trains it towards token 0), a start
+    beyond S and an end equal to S (both ignored), and end given as (B, 1) as data-parallel code
+    passes it; every side keeps at least one valid row, so the loss is finite."""
+    if kind == "valid":
+        return torch.tensor([1, 4, seq - 1], device=device), torch.tensor([2, 6, seq - 1], device=device)
+    assert kind == "mixed", kind
+    return torch.tensor([-3, 4, 40], device=device), torch.tensor([[2], [seq], [5]], device=device)
+
+
+def twin(name: str, device: str, **factory_kwargs) -> tuple[nn.Module, nn.Module]:
+    """An eager model and a patched deep copy of it: same parameters, same buffers."""
+    eager = MODELS[name](**factory_kwargs).to(device)
+    return eager, qa_kernels.patch(copy.deepcopy(eager))
+
+
+def tensors_of(value, depth: int = 0) -> list[torch.Tensor]:
+    """The tensors in an output field: a tensor, a (nested) tuple of them, or a cache object (its
+    attributes, in name order)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in tensors_of(v, depth + 1)]
+    if hasattr(value, "__dict__") and depth < 4:
+        return [t for _, v in sorted(vars(value).items()) for t in tensors_of(v, depth + 1)]
+    return []
+
+
+HEAD_FIELDS = ("loss", "start_logits", "end_logits")
+
+
+def assert_outputs_match(out, ref, tol: float) -> None:
+    """Same output class and fields; the head's fields within ``tol``; every other field (hidden
+    states, attentions, Seq2Seq and Longformer fields) bit-identical: the backbone is untouched."""
+    assert type(out) is type(ref), f"{type(out).__name__} != {type(ref).__name__}"
+    assert list(out.keys()) == list(ref.keys()), f"fields {list(out.keys())} != {list(ref.keys())}"
+    for key in ref.keys():
+        if key in HEAD_FIELDS:
+            assert out[key].dtype == ref[key].dtype, f"{key}: dtype {out[key].dtype} != {ref[key].dtype}"
+            assert_close(out[key], ref[key], tol, key)
+        else:
+            got, want = tensors_of(out[key]), tensors_of(ref[key])
+            assert len(got) == len(want) > 0, f"{key}: {len(got)} tensors != {len(want)}"
+            assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True)), f"{key} differs"
+
+
+def assert_grads_match(fused: nn.Module, eager: nn.Module, tol: float = 1e-4) -> None:
+    """EVERY parameter's gradient. Some are 0 in exact arithmetic (attention key biases: softmax is
+    shift-invariant; the last LayerNorm's bias: each row's softmax - onehot sums to 0), so rounding
+    noise is bounded relative to the model's largest gradient."""
+    eager_params = dict(eager.named_parameters())
+    assert list(dict(fused.named_parameters())) == list(eager_params)
+    largest = max(p.grad.abs().max().item() for p in eager_params.values() if p.grad is not None)
+    assert largest > 0
+    for name, p in fused.named_parameters():
+        ref = eager_params[name].grad
+        assert (p.grad is None) == (ref is None), f"grad of {name}: {p.grad is None=} but {ref is None=}"
+        if ref is not None:
+            assert_close(p.grad, ref, tol, f"grad of {name}", atol=1e-6 * largest)
+
+
+def random_objective(out, generator: torch.Generator) -> torch.Tensor:
+    """loss plus the logits against a random upstream gradient (never ones)."""
+    g_start = torch.randn(out.start_logits.shape, generator=generator).to(out.start_logits.device)
+    g_end = torch.randn(out.end_logits.shape, generator=generator).to(out.end_logits.device)
+    objective = (out.start_logits.float() * g_start).sum() + (out.end_logits.float() * g_end).sum()
+    return objective + 3.0 * out.loss if out.loss is not None else objective
+
+
+FP32_TOL = TOLERANCE["fp64"][torch.float32]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_patched_matches_eager(backend, device, name):
+    """Outputs (every field), loss and every parameter's gradient, with negative, out-of-range and
+    (B, 1) positions; the caller's position tensors are not modified."""
+    eager, fused = twin(name, device)
+    inputs = make_inputs(name, device)
+    start, end = positions("mixed", device)
+    start_before, end_before = start.clone(), end.clone()
+    common = dict(**inputs, output_hidden_states=True, output_attentions=True)
+
+    ref = eager(**common, start_positions=start.clone(), end_positions=end.clone())
+    out = fused(**common, start_positions=start, end_positions=end)
+    assert torch.equal(start, start_before) and torch.equal(end, end_before)
+    assert_outputs_match(out, ref, FP32_TOL)
+    random_objective(ref, torch.Generator().manual_seed(1)).backward()
+    random_objective(out, torch.Generator().manual_seed(1)).backward()
+    assert_grads_match(fused, eager)
+
+
+@pytest.mark.parametrize("name", ["bert", "t5"])
+@pytest.mark.parametrize("labels", ["none", "start_only"])
+def test_without_both_positions_no_loss(backend, device, name, labels):
+    """No positions (inference), or only one side: eager returns loss=None; so does the patch."""
+    eager, fused = twin(name, device)
+    inputs = make_inputs(name, device)
+    if labels == "start_only":
+        inputs["start_positions"] = positions("valid", device)[0]
+    ref, out = eager(**inputs), fused(**inputs)
+    assert ref.loss is None and out.loss is None
+    assert_outputs_match(out, ref, FP32_TOL)
+    random_objective(ref, torch.Generator().manual_seed(2)).backward()
+    random_objective(out, torch.Generator().manual_seed(2)).backward()
+    assert_grads_match(fused, eager)
+
+
+@pytest.mark.parametrize("name", ["bert", "longformer", "llama", "bart"])
+@pytest.mark.parametrize("labels", [True, False])
+def test_return_dict_false(device, name, labels):
+    """A tuple, the loss first when there is one, then exactly eager's other elements."""
+    eager, fused = twin(name, device)
+    inputs = dict(**make_inputs(name, device), output_hidden_states=True, return_dict=False)
+    if labels:
+        inputs["start_positions"], inputs["end_positions"] = positions("mixed", device)
+    ref, out = eager(**inputs), fused(**inputs)
+    assert isinstance(out, tuple) and isinstance(ref, tuple)
+    assert len(out) == len(ref)
+    n_head = 3 if labels else 2  # (loss,) start_logits, end_logits
+    for i in range(n_head):
+        assert_close(out[i], ref[i], FP32_TOL, f"element {i}")
+    for i in range(n_head, len(ref)):
+        got, want = tensors_of(out[i]), tensors_of(ref[i])
+        assert len(got) == len(want) and all(torch.equal(g, w) for g, w in zip(got, want, strict=True)), f"element {i}"
+
+
+def test_return_dict_from_config(device):
+    """config.return_dict=False (no keyword) gives a tuple too, as in eager."""
+    eager, fused = twin("bert", device)
+    for model in (eager, fused):
+        model.config.return_dict = False
+    start, end = positions("valid", device)
+    inputs = dict(**make_inputs("bert", device), start_positions=start, end_positions=end)
+    ref, out = eager(**inputs), fused(**inputs)
+    assert isinstance(out, tuple) and len(out) == len(ref) == 3
+    for i, key in enumerate(HEAD_FIELDS):
+        assert_close(out[i], ref[i], FP32_TOL, key)
+
+
+def test_positional_arguments(device):
+    """Positions passed positionally (they sit mid-signature) are routed to the fused loss too."""
+    eager, fused = twin("bert", device)
+    inputs = make_inputs("bert", device)
+    start, end = positions("mixed", device)
+    # BertForQuestionAnswering.forward(input_ids, attention_mask, token_type_ids, position_ids,
+    # inputs_embeds, start_positions, end_positions, ...)
+    args = (inputs["input_ids"], inputs["attention_mask"], None, None, None, start, end)
+    ref, out = eager(*args), fused(*args)
+    assert out.loss is not None
+    assert_outputs_match(out, ref, FP32_TOL)
+
+
+@pytest.mark.parametrize("name,num_items", [("llama", 7), ("llama", "tensor"), ("bert", "tensor")])
+def test_num_items_in_batch(backend, device, name, num_items):
+    """Trainer passes num_items_in_batch through **kwargs. GenericForQuestionAnswering (Llama)
+    hands it to self.loss_function: each side becomes sum / num_items_in_batch. The inline
+    encoders (BERT) ignore it: the mean stays. The patch does what each class does."""
+    eager, fused = twin(name, device)
+    start, end = positions("mixed", device)
+    n = torch.tensor(7, device=device) if num_items == "tensor" else num_items
+    inputs = dict(**make_inputs(name, device), start_positions=start, end_positions=end, num_items_in_batch=n)
+    ref, out = eager(**inputs), fused(**inputs)
+    mean_loss = eager(**{k: v for k, v in inputs.items() if k != "num_items_in_batch"}).loss
+    if name == "llama":  # start has 2 valid rows, end 2: (sum_s / 7 + sum_e / 7) / 2 != the mean
+        assert not torch.allclose(ref.loss, mean_loss)
+    else:
+        assert torch.equal(ref.loss, mean_loss)
+    assert_outputs_match(out, ref, FP32_TOL)
+    random_objective(ref, torch.Generator().manual_seed(3)).backward()
+    random_objective(out, torch.Generator().manual_seed(3)).backward()
+    assert_grads_match(fused, eager)
+
+
+def test_distilbert_dropout_before_head_is_kept(device):
+    """DistilBert applies qa_dropout to the hidden states before qa_outputs; in train mode the
+    patched model draws the same mask from the same seed, so it matches eager exactly; and the
+    dropout really is active (train != eval), so the comparison would see it missing."""
+    eager, fused = twin("distilbert", device, qa_dropout=0.5)
+    inputs = dict(**make_inputs("distilbert", device), start_positions=positions("valid", device)[0],
+                  end_positions=positions("valid", device)[1])  # fmt: skip
+    eager.train(), fused.train()
+    torch.manual_seed(123)
+    ref = eager(**inputs)
+    torch.manual_seed(123)
+    out = fused(**inputs)
+    assert_outputs_match(out, ref, FP32_TOL)
+    random_objective(ref, torch.Generator().manual_seed(4)).backward()
+    random_objective(out, torch.Generator().manual_seed(4)).backward()
+    assert_grads_match(fused, eager)
+    with torch.no_grad():
+        eval_loss = fused.eval()(**inputs).loss
+    assert (eval_loss - out.loss).abs().item() > 1e-3, "qa_dropout had no effect: the test would prove nothing"
+
+
+class _CountCalls:
+    """Wraps ops.qa_head_fwd (looked up at call time by functional.qa_head) and counts calls."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.fn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["bert", "llama", "t5"])
+def test_unpatch_restores_eager(device, name, monkeypatch):
+    """unpatch() gives back the original class and a plain nn.Linear head, the fused op no longer
+    runs, and the outputs are bit-identical to a model that was never patched."""
+    counter = _CountCalls(ops.qa_head_fwd)
+    monkeypatch.setattr(ops, "qa_head_fwd", counter)
+    never = MODELS[name]().to(device)
+    model = copy.deepcopy(never)
+    cls = type(model)
+    start, end = positions("mixed", device)
+    inputs = dict(**make_inputs(name, device), start_positions=start, end_positions=end)
+
+    assert qa_kernels.patch(model) is model and hf.is_patched(model)
+    assert type(model) is not cls and isinstance(model, cls) and type(model).__name__ == cls.__name__
+    model(**inputs)
+    assert counter.calls == 1
+
+    assert qa_kernels.unpatch(model) is model and not hf.is_patched(model)
+    assert type(model) is cls and type(model.qa_outputs) is nn.Linear
+    assert not any(k.startswith("_qa") for k in vars(model.qa_outputs))
+    out, ref = model(**inputs), never(**inputs)
+    assert counter.calls == 1, "the fused op ran after unpatch()"
+    for key in HEAD_FIELDS:
+        assert torch.equal(out[key], ref[key]), key
+    assert qa_kernels.unpatch(model) is model  # unpatching an eager model changes nothing
+
+
+def test_patch_is_idempotent_and_survives_deepcopy(device):
+    eager, fused = twin("bert", device)
+    assert qa_kernels.patch(fused) is fused and type(qa_kernels.patch(fused)) is type(fused)
+    clone = copy.deepcopy(fused)
+    assert hf.is_patched(clone) and type(clone) is type(fused)
+    assert clone.qa_outputs.weight is not fused.qa_outputs.weight
+    inputs = dict(**make_inputs("bert", device), start_positions=positions("valid", device)[0],
+                  end_positions=positions("valid", device)[1])  # fmt: skip
+    assert_outputs_match(clone(**inputs), eager(**inputs), FP32_TOL)
+
+
+def test_state_dict_and_checkpoints_round_trip(device, tmp_path):
+    """Same keys and tensors; eager state loads into patched and back; save_pretrained of a
+    patched model loads as the plain class (architectures names it) and the reverse."""
+    eager, fused = twin("bert", device)
+    sd_eager, sd_fused = eager.state_dict(), fused.state_dict()
+    assert list(sd_fused) == list(sd_eager) and "qa_outputs.weight" in sd_fused and "qa_outputs.bias" in sd_fused
+    assert all(torch.equal(sd_fused[k], sd_eager[k]) for k in sd_eager)
+
+    with torch.no_grad():  # load a different eager state into the patched model, then back
+        other = MODELS["bert"]().to(device)
+        fused.load_state_dict(other.state_dict(), strict=True)
+        assert torch.equal(fused.qa_outputs.weight, other.qa_outputs.weight)
+        eager.load_state_dict(fused.state_dict(), strict=True)
+        assert torch.equal(eager.qa_outputs.bias, other.qa_outputs.bias)
+
+    fused.save_pretrained(tmp_path / "patched")
+    loaded = transformers.BertForQuestionAnswering.from_pretrained(tmp_path / "patched")
+    assert loaded.config.architectures == ["BertForQuestionAnswering"] and not hf.is_patched(loaded)
+    assert all(torch.equal(v, sd_fused[k].cpu()) for k, v in loaded.state_dict().items())
+    eager.save_pretrained(tmp_path / "eager")
+    reloaded = qa_kernels.patch(transformers.AutoModelForQuestionAnswering.from_pretrained(tmp_path / "eager"))
+    assert hf.is_patched(reloaded)
+    assert all(torch.equal(v, sd_fused[k].cpu()) for k, v in reloaded.state_dict().items())
+
+
+def _tiny_bigbird():
+    config = transformers.BigBirdConfig(**{k: v for k, v in _BERTISH.items() if k != "attn_implementation"},
+                                        attention_type="original_full")  # fmt: skip
+    return transformers.BigBirdForQuestionAnswering(config)
+
+
+class _CustomForward(transformers.BertForQuestionAnswering):
+    def forward(self, *args, **kwargs):  # a forward qa_kernels has not checked
+        return super().forward(*args, **kwargs)
+
+
+class _SameForward(transformers.BertForQuestionAnswering):
+    """A user subclass that adds nothing to forward: patchable."""
+
+
+def _with_head(head_factory):
+    def make():
+        model = _bert()
+        model.qa_outputs = head_factory(model.config.hidden_size)
+        return model
+
+    return make
+
+
+@pytest.mark.parametrize(
+    "make,why",
+    [
+        (_tiny_bigbird, "MLP head with question masking"),
+        (lambda: transformers.BertModel(transformers.BertConfig(**_BERTISH)), "not a transformers QA class"),
+        (lambda: _CustomForward(transformers.BertConfig(**_BERTISH)), "not a transformers QA class"),
+        (_with_head(lambda h: nn.Sequential(nn.Linear(h, h), nn.Linear(h, 2))), "not a plain nn.Linear(H, 2)"),
+        (_with_head(lambda h: nn.Linear(h, 3)), "not a plain nn.Linear(H, 2)"),
+    ],
+    ids=["bigbird", "backbone", "subclass_forward", "mlp_head", "three_logits"],
+)
+def test_unsupported_model_is_refused_untouched(make, why):
+    model = make()
+    cls, head_cls, state = type(model), type(getattr(model, "qa_outputs", None)), copy.deepcopy(model.state_dict())
+    with pytest.raises(hf.UnsupportedModelError) as info:
+        qa_kernels.patch(model)
+    message = str(info.value)
+    assert cls.__name__ in message and why in message
+    assert "BertForQuestionAnswering" in message and "T5ForQuestionAnswering" in message  # the supported list
+    assert type(model) is cls and type(getattr(model, "qa_outputs", None)) is head_cls
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_custom_loss_function_is_refused():
+    """GenericForQuestionAnswering computes its loss with self.loss_function: a custom one cannot
+    be fused, so it is refused rather than silently replaced."""
+    model = _llama()
+    model.loss_function = lambda *args, **kwargs: torch.tensor(0.0)
+    with pytest.raises(hf.UnsupportedModelError, match="loss_function"):
+        qa_kernels.patch(model)
+    assert not hf.is_patched(model)
+
+
+def test_wrapped_model_is_refused():
+    model = torch.compile(_bert(), backend="eager")
+    with pytest.raises(hf.UnsupportedModelError, match=r"before torch\.compile"):
+        qa_kernels.patch(model)
+
+
+def test_subclass_with_inherited_forward_is_patched(device):
+    config = transformers.BertConfig(**_BERTISH)
+    eager = _SameForward(config).to(device)
+    fused = qa_kernels.patch(copy.deepcopy(eager))
+    assert hf.is_patched(fused) and isinstance(fused, _SameForward)
+    inputs = dict(**make_inputs("bert", device), start_positions=positions("mixed", device)[0],
+                  end_positions=positions("mixed", device)[1])  # fmt: skip
+    assert_outputs_match(fused(**inputs), eager(**inputs), FP32_TOL)
+
+
+def test_patch_transformers_class_level(tmp_path):
+    """Selected classes come out patched from construction and from_pretrained; others do not;
+    unpatch_transformers() stops it; unknown names are refused."""
+    bert_config = transformers.BertConfig(**_BERTISH)
+    transformers.BertForQuestionAnswering(bert_config).save_pretrained(tmp_path)
+    try:
+        qa_kernels.patch_transformers(["bert", "LlamaForQuestionAnswering"])
+        assert hf.is_patched(transformers.BertForQuestionAnswering(bert_config))
+        assert hf.is_patched(transformers.AutoModelForQuestionAnswering.from_pretrained(tmp_path))
+        assert hf.is_patched(_llama())
+        assert not hf.is_patched(_roberta())
+        assert not hf.is_patched(transformers.BertModel(bert_config))
+
+        qa_kernels.patch_transformers()  # every supported class; other models untouched
+        assert hf.is_patched(_roberta()) and hf.is_patched(_t5())
+        bigbird = _tiny_bigbird()
+        assert not hf.is_patched(bigbird) and type(bigbird) is transformers.BigBirdForQuestionAnswering
+    finally:
+        qa_kernels.unpatch_transformers()
+    assert not hf.is_patched(transformers.BertForQuestionAnswering(bert_config))
+    with pytest.raises(ValueError, match="unknown model 'nonexistent'"):
+        qa_kernels.patch_transformers(["nonexistent"])
+    with pytest.raises(hf.UnsupportedModelError, match="BertModel"):
+        qa_kernels.patch_transformers([transformers.BertModel])
+    assert not hf.is_patched(transformers.BertForQuestionAnswering(bert_config))
+
+
+def test_supported_list_covers_the_installed_transformers():
+    """Every *ForQuestionAnswering class of the installed transformers is either supported or
+    refused with a reason; the supported ones that exist are importable under their listed name."""
+    import transformers.models.auto.modeling_auto as auto
+
+    names = set(auto.MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES.values())
+    from transformers.modeling_layers import GenericForQuestionAnswering
+
+    for name in sorted(names):
+        cls = getattr(transformers, name, None)
+        if cls is None:
+            continue
+        generic = cls.forward is GenericForQuestionAnswering.forward
+        assert name in hf.supported_models() or name in hf.NOT_SUPPORTED or generic, name
+
+
+def test_positions_reach_nothing_but_the_loss_in_the_installed_sources():
+    """The patch runs each forward without positions, so it must know every place a forward uses
+    them outside its loss block. Read from the installed transformers: exactly one
+    `if start_positions is not None and end_positions is not None:` (the loss), or two where the
+    first turns the cache off (the classes listed in hf.NO_CACHE_WITH_LABELS, which the patch
+    mirrors)."""
+    import inspect
+
+    check = "if start_positions is not None and end_positions is not None:"
+    seen = 0
+    for name in hf.supported_models():
+        cls = getattr(transformers, name, None)
+        if cls is None:
+            continue
+        source = inspect.getsource(inspect.unwrap(cls.forward))
+        count = source.count(check)
+        if name in hf.NO_CACHE_WITH_LABELS:
+            assert count == 2 and f"{check}\n            use_cache = False" in source, name
+        else:
+            assert count == 1, f"{name}: {count} checks of both positions"
+        seen += 1
+    assert seen >= 60, seen
