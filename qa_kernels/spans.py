@@ -145,15 +145,24 @@ def decode_spans_torch(
 # ----------------------------------------------------------------------------------------------
 
 
+def _native_has_kernel(device_type: str) -> bool:
+    """The loaded extension has csrc/spans.cpp's kernel for this device (CPU only, so far)."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return (
+        key is not None
+        and hasattr(torch.ops.qa_kernels_native, "decode_spans")
+        and torch._C._dispatch_has_kernel_for_dispatch_key("qa_kernels_native::decode_spans", key)
+    )
+
+
 def _implementation(device_type: str):
+    """The function that decodes on this device; where the chosen backend has no span kernel for
+    it (the native extension on CUDA), the torch implementation."""
     name = resolve(device_type)
     if name == "triton":
         from .triton.spans import decode_spans as impl
-    elif name == "native":
-        from . import native
-
-        # The extension may predate csrc/spans.cpp: then CPU tensors take the torch path.
-        impl = getattr(native, "decode_spans", None) or decode_spans_torch
+    elif name == "native" and _native_has_kernel(device_type):
+        impl = torch.ops.qa_kernels_native.decode_spans
     else:
         impl = decode_spans_torch
     return impl
