@@ -37,7 +37,7 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 CSRC_DIR = _PACKAGE_DIR.parent / "csrc"
 # Compiler flags, shared with setup.py (keep the two in step).
 CXX_FLAGS = ["-O3"]
-NVCC_FLAGS = ["-O3", "--use_fast_math", "-std=c++17"]
+NVCC_FLAGS = ["-O3"]
 
 _lock = threading.Lock()
 

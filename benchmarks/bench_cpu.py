@@ -1,0 +1,91 @@
+"""CPU benchmark of the QA head (pytest-benchmark): eager PyTorch (qa_kernels.reference),
+torch.compile of that reference, and the native C++ kernels (csrc/).
+
+Modes: ``inference`` (no labels, no autograd: the two logits) and ``fwd+bwd`` (labels, the loss,
+and its gradients for hidden, weight and bias). Shapes (B, S, H): BERT-base (8, 384, 768) and
+BERT-large SQuAD training (32, 384, 1024); float32 and bfloat16.
+
+    .venv/bin/python -m pytest benchmarks/bench_cpu.py --benchmark-only \\
+        --benchmark-group-by=param:mode,param:shape,param:dtype --benchmark-columns=median,iqr,min,rounds
+
+Providers are the innermost parameter, so the three run back to back on each case (the closest
+pytest-benchmark gets to interleaving); medians resist the noise of a shared machine. Bytes that
+must move, fwd+bwd: hidden read twice (forward, backward) and grad_hidden written once, 3 B S H x
+element size; the rest is O(B S + H).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import qa_kernels
+from qa_kernels import native, reference
+
+SHAPES = [(8, 384, 768), (32, 384, 1024)]
+DTYPES = [torch.float32, torch.bfloat16]
+MODES = ["inference", "fwd+bwd"]
+PROVIDERS = ["eager", "compile", "native"]
+
+
+def _native_qa_head(*args, **kwargs):
+    with qa_kernels.use_backend("native"):
+        return qa_kernels.qa_head(*args, **kwargs)
+
+
+@functools.cache
+def _compiled_reference():
+    return torch.compile(reference.qa_head)
+
+
+def _provider(name: str):
+    if name == "eager":
+        return reference.qa_head
+    if name == "compile":
+        return _compiled_reference()
+    if not native.available():
+        pytest.skip(f"native extension unavailable: {native.unavailable_reason()}")
+    return _native_qa_head
+
+
+def _inputs(shape, dtype):
+    B, S, H = shape
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(B, S, H, generator=g).to(dtype)
+    weight = (torch.randn(2, H, generator=g) * 0.05).to(dtype)
+    bias = (torch.randn(2, generator=g) * 0.1).to(dtype)
+    start = torch.randint(0, S, (B,), generator=g)
+    end = torch.randint(0, S, (B,), generator=g)
+    return hidden, weight, bias, start, end
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("mode", MODES)
+def test_qa_head_cpu(benchmark, mode, shape, dtype, provider):
+    fn = _provider(provider)
+    hidden, weight, bias, start, end = _inputs(shape, dtype)
+    B, S, H = shape
+
+    if mode == "inference":
+
+        def step():
+            with torch.no_grad():
+                return fn(hidden, weight, bias)
+
+    else:
+        leaves = [t.requires_grad_() for t in (hidden, weight, bias)]
+
+        def step():
+            out = fn(hidden, weight, bias, start, end)
+            return torch.autograd.grad(out.loss, leaves)
+
+    moved = (1 if mode == "inference" else 3) * B * S * H * hidden.element_size()
+    benchmark.extra_info.update(
+        threads=torch.get_num_threads(), torch=torch.__version__, bytes=moved, provider=provider, mode=mode
+    )
+    step()  # warm-up outside the timing (torch.compile compiles here)
+    benchmark.pedantic(step, rounds=15 if B * S * H > 5_000_000 else 40, iterations=1, warmup_rounds=2)

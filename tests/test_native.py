@@ -1,0 +1,197 @@
+"""The native extension's loading, fallback and build. (Its numerics are held to the same matrix as
+every backend through conftest's `backend` fixture: tests/test_qa_head.py and friends.)"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import qa_kernels
+from qa_kernels import backend as qa_backend
+from qa_kernels import native
+
+REPO = Path(__file__).resolve().parent.parent
+
+requires_native = pytest.mark.skipif(
+    not native.available(), reason=f"native extension not built here: {native.unavailable_reason()}"
+)
+
+
+@pytest.fixture
+def fresh_loader(monkeypatch):
+    """Forget the cached load result (the library itself stays loaded), and again afterwards."""
+    native._load.cache_clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    native._load.cache_clear()
+
+
+@requires_native
+def test_auto_picks_native_on_cpu(monkeypatch):
+    monkeypatch.delenv("QA_KERNELS_BACKEND", raising=False)
+    with qa_kernels.use_backend("auto"):
+        assert qa_backend.resolve("cpu") == "native"
+    assert native.has_device_kernels("cpu")
+    if not torch.cuda.is_available() and torch.version.cuda is None:
+        assert not native.has_device_kernels("cuda")  # a CPU torch builds no CUDA kernels
+
+
+@requires_native
+def test_second_load_registers_nothing(fresh_loader):
+    """Once the ops are registered, loading again must not load any library (a second registration
+    of the namespace would abort the process)."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a second library load was attempted")
+
+    fresh_loader.setattr(torch.ops, "load_library", forbidden)
+    fresh_loader.setattr(native, "_jit_build", forbidden)
+    assert native.available()
+
+
+@requires_native
+def test_fresh_process_loads_once_and_survives_repeated_loads():
+    """A new process: repeated loads (and a cleared cache) keep one registration, and the op runs."""
+    script = textwrap.dedent(
+        """
+        import warnings
+        warnings.simplefilter("error")
+        import torch, qa_kernels
+        from qa_kernels import native
+        assert native.available() and native.available()
+        native._load.cache_clear()
+        assert native.available()
+        out = torch.ops.qa_kernels_native.qa_head_fwd(
+            torch.ones(1, 3, 4), torch.ones(2, 4), None, None, None, None, None, None)
+        assert out[0].tolist() == [[4.0, 4.0, 4.0]], out
+        print("ok")
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_failed_build_warns_once_and_falls_back(fresh_loader):
+    def failing_build():
+        raise RuntimeError("simulated compiler failure")
+
+    fresh_loader.setattr(native, "_ops_registered", lambda: False)
+    fresh_loader.setattr(native, "_prebuilt_path", lambda: None)
+    fresh_loader.setattr(native, "_jit_build", failing_build)
+    fresh_loader.delenv("QA_KERNELS_BACKEND", raising=False)
+    fresh_loader.delenv("QA_KERNELS_NO_JIT", raising=False)
+    with pytest.warns(RuntimeWarning, match="native extension is unavailable.*simulated compiler failure"):
+        assert not native.available()
+    with qa_kernels.use_backend("auto"):
+        assert qa_backend.resolve("cpu") == "torch"
+        out = qa_kernels.qa_head(torch.randn(2, 5, 8), torch.randn(2, 8))  # runs, on the fallback
+        assert out.start_logits.shape == (2, 5)
+    with qa_kernels.use_backend("native"), pytest.raises(RuntimeError, match="simulated compiler failure"):
+        qa_kernels.qa_head(torch.randn(2, 5, 8), torch.randn(2, 8))
+    assert "simulated compiler failure" in native.unavailable_reason()
+
+
+def test_missing_compiler_is_named(fresh_loader):
+    fresh_loader.setattr(native, "_ops_registered", lambda: False)
+    fresh_loader.setattr(native, "_prebuilt_path", lambda: None)
+    fresh_loader.setenv("CXX", "no-such-c++-compiler")
+    fresh_loader.delenv("QA_KERNELS_NO_JIT", raising=False)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler \\('no-such-c\\+\\+-compiler'"):
+        assert not native.available()
+
+
+def test_no_jit_switch(fresh_loader):
+    fresh_loader.setattr(native, "_ops_registered", lambda: False)
+    fresh_loader.setattr(native, "_prebuilt_path", lambda: None)
+    fresh_loader.setenv("QA_KERNELS_NO_JIT", "1")
+    with pytest.warns(RuntimeWarning, match="QA_KERNELS_NO_JIT=1"):
+        assert not native.available()
+
+
+def test_build_compiles_every_cpp_file():
+    """Other ops share the namespace from their own csrc/*.cpp files: the build takes them all."""
+    cpp = sorted(str(p) for p in (REPO / "csrc").glob("*.cpp"))
+    assert native.sources(with_cuda=False) == cpp and len(cpp) >= 3
+    cu = sorted(str(p) for p in (REPO / "csrc" / "cuda").glob("*.cu"))
+    assert native.sources(with_cuda=True) == cpp + cu and cu
+
+
+@requires_native
+def test_direct_call_errors_name_the_argument():
+    ops = torch.ops.qa_kernels_native
+    with pytest.raises(RuntimeError, match=r"weight must have shape \(2, 8\) for hidden size 8; got shape \[3, 8\]"):
+        ops.qa_head_fwd(torch.randn(2, 5, 8), torch.randn(3, 8), None, None, None, None, None, None)
+    with pytest.raises(RuntimeError, match=r"start_positions must have shape \(2,\) or \(2, 1\)"):
+        ops.qa_head_fwd(torch.randn(2, 5, 8), torch.randn(2, 8), None, torch.zeros(3, dtype=torch.long),
+                        torch.zeros(2, dtype=torch.long), None, None, None)  # fmt: skip
+
+
+@requires_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gradients_bitwise_equal_across_thread_counts(dtype):
+    """grad_weight / grad_bias partials are per fixed chunk of rows, summed in chunk order: the
+    bits do not depend on how many threads ran (nor on their timing)."""
+    B, S, H = 3, 513, 1024
+    hidden = torch.randn(B, S, H, dtype=dtype)
+    weight = (torch.randn(2, H) * 0.05).to(dtype)
+    bias = torch.randn(2, dtype=dtype)
+    start, end = torch.tensor([3, S + 1, 500]), torch.tensor([-2, 7, S])
+
+    def grads():
+        leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+        with qa_kernels.use_backend("native"):
+            out = qa_kernels.qa_head(*leaves, start, end)
+        return torch.autograd.grad(out.loss + out.start_logits.float().square().sum(), leaves)
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = grads()
+        torch.set_num_threads(max(2, threads))
+        many = grads()
+    finally:
+        torch.set_num_threads(threads)
+    for name, x, y in zip(("hidden", "weight", "bias"), one, many, strict=True):
+        assert torch.equal(x, y), f"grad_{name} differs between 1 and {max(2, threads)} threads"
+
+
+def _nvcc() -> str | None:
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    found = shutil.which("nvcc")
+    if found is None and CUDA_HOME is not None and (Path(CUDA_HOME) / "bin" / "nvcc").is_file():
+        found = str(Path(CUDA_HOME) / "bin" / "nvcc")
+    return found
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc (CUDA toolkit) not found: the CUDA sources cannot be compiled here")
+def test_cuda_sources_compile(tmp_path):
+    """Compile-only (no link): a CPU torch has the c10/ATen headers but no CUDA libraries."""
+    from torch.utils.cpp_extension import include_paths
+
+    includes = [f"-I{REPO / 'csrc'}"]
+    # A CPU build of torch ships c10/cuda's headers without the one CMake generates for CUDA builds;
+    # stand it in (its only content there: C10_CUDA_BUILD_SHARED_LIBS).
+    if not any((Path(p) / "c10/cuda/impl/cuda_cmake_macros.h").is_file() for p in include_paths()):
+        shim = tmp_path / "shim" / "c10" / "cuda" / "impl"
+        shim.mkdir(parents=True)
+        (shim / "cuda_cmake_macros.h").write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+        includes += ["-isystem", str(tmp_path / "shim")]
+    for p in include_paths():
+        includes += ["-isystem", p]
+    sources = native.sources(with_cuda=True)
+    for source in (s for s in sources if s.endswith(".cu")):
+        obj = tmp_path / (Path(source).stem + ".o")
+        cmd = [_nvcc(), "-c", source, "-o", str(obj), "-std=c++20", "-O1", "-Xcompiler", "-fPIC",
+               "-gencode", "arch=compute_90,code=sm_90", *includes]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"nvcc failed on {source}:\n{done.stderr[-4000:]}"
+        assert obj.stat().st_size > 0
