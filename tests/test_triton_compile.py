@@ -1,4 +1,5 @@
-"""The Triton kernels compiled for Hopper (sm_90) by the real compiler, no GPU needed.
+"""The Triton kernels (QA head and span decoding) compiled for Hopper (sm_90) by the real compiler,
+no GPU needed.
 
 The CPU interpreter runs the kernels' arithmetic but never compiles them; this compiles every
 variant the launchers use (dtypes, autocast rounding, int32/int64 positions, every gradient
@@ -40,7 +41,7 @@ def test_every_variant_compiles_for_sm90(compiled_variants):
         import triton_aot
     finally:
         sys.path.pop(0)
-    expected = [label for _, label, *_ in triton_aot.variants()]
+    expected = [label for _, label, *_ in [*triton_aot.variants(), *triton_aot.span_variants()]]
     assert [row["variant"] for row in compiled_variants] == expected
 
 

@@ -24,12 +24,13 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from qa_kernels.triton import qa_head as k
+from qa_kernels.triton import spans as spans_k
 
 # What Triton's launcher specializes at run time for contiguous inputs, mirrored here so the
 # compiled code is the one that runs: strides equal to 1 become constants (vectorized accesses);
 # pointers and 16-divisible integers (H = 768/1024, the row strides) carry tt.divisibility = 16.
-_UNIT_STRIDES = {"stride_hh": 1, "stride_wh": 1, "stride_gwh": 1}
-_DIVISIBLE_INTS = {"H", "stride_hb", "stride_hs", "stride_wk", "stride_gwk"}
+_UNIT_STRIDES = {"stride_hh": 1, "stride_wh": 1, "stride_gwh": 1, "stride_ss": 1, "stride_es": 1, "stride_ms": 1}
+_DIVISIBLE_INTS = {"H", "stride_hb", "stride_hs", "stride_wk", "stride_gwk", "stride_sb", "stride_eb", "stride_mb"}
 _F32_ARGS = {"num_items_value"}
 
 
@@ -87,6 +88,20 @@ def variants():
                     "BLOCK_H": k._GPU_REDUCE_BLOCKS[1]}, 4)  # fmt: skip
 
 
+def span_variants():
+    """The span decoder at SQuAD-like and long rows, both scores, with and without a context mask."""
+    for S, L, K in [(384, 15, 20), (512, 30, 1), (4096, 30, 20)]:
+        block_s, block_l, block_d, block_k, warps = spans_k._blocks(S, L, K)
+        for dtype in ("fp32", "bf16"):
+            for has_mask, logit_score in [(True, False), (False, True)]:
+                ptrs = {"start_ptr": dtype, "end_ptr": dtype, "mask_ptr": "u8", "out_start_ptr": "i64",
+                        "out_end_ptr": "i64", "out_score_ptr": "fp32", "null_ptr": "fp32"}  # fmt: skip
+                yield (spans_k._decode_spans_kernel, f"spans S={S} L={L} K={K} {dtype} mask={has_mask} "
+                       f"logit={logit_score}", ptrs,
+                       {"HAS_MASK": has_mask, "LOGIT_SCORE": logit_score, "BLOCK_S": block_s, "BLOCK_L": block_l,
+                        "BLOCK_D": block_d, "BLOCK_K": block_k}, warps)  # fmt: skip
+
+
 def _resource_usage(cubin: bytes) -> dict[str, int]:
     """Registers and spill bytes from cuobjdump (shipped with Triton's NVIDIA backend)."""
     cuobjdump = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -108,7 +123,7 @@ def main() -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("run with TRITON_INTERPRET unset: the interpreter replaces the kernels")
     target = GPUTarget("cuda", args.arch, 32)
-    for fn, label, ptrs, constexprs, warps in variants():
+    for fn, label, ptrs, constexprs, warps in [*variants(), *span_variants()]:
         compiled = triton.compile(_source(fn, ptrs, constexprs), target=target, options={"num_warps": warps})
         print(json.dumps({"kernel": fn.__name__, "variant": label, "arch": args.arch,
                           **_resource_usage(compiled.asm["cubin"])}), flush=True)  # fmt: skip
