@@ -41,10 +41,10 @@ def _add_bench(sub) -> None:
     )  # fmt: skip
     bench.add_argument("--modes", nargs="+", metavar="MODE", help="inference, fwd, bwd, fwd+bwd (default: all)")
     bench.add_argument(
-        "--warmup-ms", type=float, metavar="MS", help="warm-up per case (default: 25 on CUDA, 50 on CPU)"
+        "--warmup-ms", type=float, metavar="MS", help="warm-up per case (default: 25 on CUDA, 30 on CPU)"
     )
     bench.add_argument(
-        "--rep-ms", type=float, metavar="MS", help="timed runs per case (default: 100 on CUDA, 300 on CPU)"
+        "--rep-ms", type=float, metavar="MS", help="timed runs per case (default: 100 on CUDA, 200 on CPU)"
     )
     bench.add_argument("--csv", metavar="PATH", help="write the results as CSV rows")
     bench.add_argument("--append", action="store_true", help="with --csv: add the rows to an existing file")
@@ -122,8 +122,8 @@ def _bench(args: argparse.Namespace, command: str) -> int:
             parser.error(f"--{option.replace('_', '-')}: must be >= 0; got {getattr(args, option)}")
     timer = bench.Timer(
         device,
-        args.warmup_ms if args.warmup_ms is not None else (25 if device == "cuda" else 50),
-        args.rep_ms if args.rep_ms is not None else (100 if device == "cuda" else 300),
+        args.warmup_ms if args.warmup_ms is not None else (25 if device == "cuda" else 30),
+        args.rep_ms if args.rep_ms is not None else (100 if device == "cuda" else 200),
     )
 
     torch.manual_seed(args.seed)
