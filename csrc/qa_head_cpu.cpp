@@ -136,6 +136,39 @@ QA_MULTIVERSION void grad_weight_rows(const float* const* x,  // kRows pointers 
   }
 }
 
+// Both of the above in one sweep over h (a copy-like pattern: each hidden vector read and each
+// gradient vector written once, side by side).
+QA_MULTIVERSION void grad_rows_fused(const float* const* x, float* const* g,  // kRows rows of H floats each
+                                     const float* d0, const float* d1,  // (kRows,) each
+                                     const float* w0, const float* w1,  // (H,) each
+                                     float* pw0, float* pw1, int64_t H) {  // (H,) each, fp32 partials
+  int64_t h = 0;
+  for (; h + kLanes <= H; h += kLanes) {
+    vfloat v0, v1, p0, p1;
+    std::memcpy(&v0, w0 + h, sizeof(vfloat));
+    std::memcpy(&v1, w1 + h, sizeof(vfloat));
+    std::memcpy(&p0, pw0 + h, sizeof(vfloat));
+    std::memcpy(&p1, pw1 + h, sizeof(vfloat));
+    for (int64_t r = 0; r < kRows; ++r) {
+      vfloat xv;
+      std::memcpy(&xv, x[r] + h, sizeof(vfloat));
+      const vfloat gv = d0[r] * v0 + d1[r] * v1;
+      std::memcpy(g[r] + h, &gv, sizeof(vfloat));
+      p0 += d0[r] * xv;
+      p1 += d1[r] * xv;
+    }
+    std::memcpy(pw0 + h, &p0, sizeof(vfloat));
+    std::memcpy(pw1 + h, &p1, sizeof(vfloat));
+  }
+  for (; h < H; ++h) {
+    for (int64_t r = 0; r < kRows; ++r) {
+      g[r][h] = d0[r] * w0[h] + d1[r] * w1[h];
+      pw0[h] += d0[r] * x[r][h];
+      pw1[h] += d1[r] * x[r][h];
+    }
+  }
+}
+
 // acc[h] += part[h]   (the partials' reduction, one chunk at a time, in chunk order)
 QA_MULTIVERSION void add_rows(float* acc, const float* part, int64_t n) {
   for (int64_t h = 0; h < n; ++h) acc[h] += part[h];
@@ -145,18 +178,62 @@ QA_MULTIVERSION void add_rows(float* acc, const float* part, int64_t n) {
 // Row access: fp32 rows in place when possible, else converted into a scratch tile.
 // ------------------------------------------------------------------------------------------------
 
+// bf16 <-> fp32 on raw bits, in loops the compiler vectorizes (c10::BFloat16's scalar
+// conversions do not): bf16 -> fp32 is exact (a shift); fp32 -> bf16 rounds to nearest even with
+// NaN -> 0x7FC0, bit for bit what c10::BFloat16(float) gives.
+QA_MULTIVERSION void bf16_to_float(const uint16_t* src, float* dst, int64_t n) {
+  for (int64_t h = 0; h < n; ++h) {
+    const uint32_t bits = static_cast<uint32_t>(src[h]) << 16;
+    std::memcpy(dst + h, &bits, sizeof(float));
+  }
+}
+
+QA_MULTIVERSION void float_to_bf16(const float* src, uint16_t* dst, int64_t n) {
+  for (int64_t h = 0; h < n; ++h) {
+    uint32_t u;
+    std::memcpy(&u, src + h, sizeof(float));
+    const uint32_t rounded = (u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16;
+    dst[h] = src[h] != src[h] ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
+  }
+}
+
+// dst[h] = float(bf16(src[h])): autocast's rounding of fp32 activations, without the bf16 copy.
+QA_MULTIVERSION void round_through_bf16(const float* src, float* dst, int64_t n) {
+  for (int64_t h = 0; h < n; ++h) {
+    uint32_t u;
+    std::memcpy(&u, src + h, sizeof(float));
+    uint32_t rounded = ((u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16) << 16;
+    rounded = src[h] != src[h] ? 0x7FC00000u : rounded;
+    std::memcpy(dst + h, &rounded, sizeof(float));
+  }
+}
+
 // dst[h] = float(round_to(float(src[h * stride])))   for h < n
-// round_to: the autocast dtype the values are rounded to (kFloat: no rounding).
+// round_to: the autocast dtype the values are rounded to; kFloat (or src's own dtype): none.
 template <typename scalar_t>
 void load_row(const scalar_t* src, int64_t stride, int64_t n, at::ScalarType round_to, float* dst) {
-  if (round_to == at::kBFloat16) {
+  constexpr bool kBf16 = std::is_same_v<scalar_t, c10::BFloat16>, kFp32 = std::is_same_v<scalar_t, float>;
+  if (round_to == c10::CppTypeToScalarType<scalar_t>::value) round_to = at::kFloat;  // exact
+  if (kBf16 && stride == 1 && round_to == at::kFloat) {
+    bf16_to_float(reinterpret_cast<const uint16_t*>(src), dst, n);
+  } else if (kFp32 && stride == 1 && round_to == at::kBFloat16) {
+    round_through_bf16(reinterpret_cast<const float*>(src), dst, n);
+  } else if (round_to == at::kBFloat16) {
     for (int64_t h = 0; h < n; ++h) dst[h] = static_cast<float>(c10::BFloat16(static_cast<float>(src[h * stride])));
   } else if (round_to == at::kHalf) {
     for (int64_t h = 0; h < n; ++h) dst[h] = static_cast<float>(c10::Half(static_cast<float>(src[h * stride])));
-  } else if (stride == 1) {
-    for (int64_t h = 0; h < n; ++h) dst[h] = static_cast<float>(src[h]);
   } else {
     for (int64_t h = 0; h < n; ++h) dst[h] = static_cast<float>(src[h * stride]);
+  }
+}
+
+// dst[h] = scalar_t(src[h]): the one rounding of a gradient row, at the store.
+template <typename scalar_t>
+void store_row(const float* src, int64_t n, scalar_t* dst) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    float_to_bf16(src, reinterpret_cast<uint16_t*>(dst), n);
+  } else {
+    for (int64_t h = 0; h < n; ++h) dst[h] = static_cast<scalar_t>(src[h]);
   }
 }
 
@@ -172,7 +249,8 @@ class HiddenRows {
         stride_s_(hidden.stride(1)),
         stride_h_(hidden.stride(2)),
         round_to_(round_to),
-        in_place_(std::is_same_v<scalar_t, float> && hidden.stride(2) == 1 && round_to == hidden.scalar_type()) {}
+        in_place_(std::is_same_v<scalar_t, float> && hidden.stride(2) == 1 &&
+                  (round_to == at::kFloat || round_to == hidden.scalar_type())) {}
 
   bool in_place() const { return in_place_; }
 
@@ -444,17 +522,19 @@ void grad_rows_cpu(const at::Tensor& hidden,  // (B, S, H)
             const bool direct = kGradInPlace && r < n;
             g_rows[r] = direct ? reinterpret_cast<float*>(grad_hidden + (t0 + r) * H) : g_scratch.data() + r * H;
           }
-          grad_hidden_rows(g_rows, d0, d1, w, w + H, H);
-          if constexpr (!kGradInPlace) {
-            for (int64_t r = 0; r < n; ++r) {  // one rounding, at the store
-              scalar_t* dst = grad_hidden + (t0 + r) * H;
-              for (int64_t h = 0; h < H; ++h) dst[h] = static_cast<scalar_t>(g_rows[r][h]);
-            }
-          }
         }
-        if (pw != nullptr) {
-          rows_of.get(t0, n, x_scratch.data(), x_rows);
+        if (pw != nullptr) rows_of.get(t0, n, x_scratch.data(), x_rows);
+        if (grad_hidden != nullptr && pw != nullptr) {
+          grad_rows_fused(x_rows, g_rows, d0, d1, w, w + H, pw, pw + H, H);
+        } else if (grad_hidden != nullptr) {
+          grad_hidden_rows(g_rows, d0, d1, w, w + H, H);
+        } else if (pw != nullptr) {
           grad_weight_rows(x_rows, d0, d1, pw, pw + H, H);
+        }
+        if constexpr (!kGradInPlace) {
+          if (grad_hidden != nullptr) {
+            for (int64_t r = 0; r < n; ++r) store_row(g_rows[r], H, grad_hidden + (t0 + r) * H);
+          }
         }
       }
     }
