@@ -54,12 +54,24 @@ def main(argv: list[str] | None = None) -> int:
     bench_argv = ["bench", "--shapes", *shapes, "--dtypes", *dtypes, "--csv", f"{stem}.csv", *rest]
     code = cli.main(bench_argv)
     if code == 0:
-        env = environment(device)
-        command = " ".join(["python benchmarks/sweep.py", *(sys.argv[1:] if argv is None else argv)])
-        title = f"qa-kernels bench (head) on {env.describe()}\n{command}"
-        plot(read_csv(f"{stem}.csv"), f"{stem}.png", SUITES["head"], title=title)
+        replot(
+            f"{stem}.csv",
+            f"{stem}.png",
+            " ".join(["python benchmarks/sweep.py", *(sys.argv[1:] if argv is None else argv)]),
+        )
         print(f"wrote {stem}.png")
     return code
+
+
+def replot(csv_path: str, png_path: str, command: str) -> None:
+    """Plots every row of ``csv_path`` (all the parts appended to it), titled from the rows themselves."""
+    rows = read_csv(csv_path)
+    first = rows[0]
+    title = f"qa-kernels bench (head) on {first['device']}, torch {first['torch']}, triton {first['triton']}"
+    if str(first["device"]).startswith("cpu"):
+        loads = [r["load_avg"] for r in rows]
+        title += f"; {first['threads']} thread(s), load average {min(loads):.1f}-{max(loads):.1f}"
+    plot(rows, png_path, SUITES["head"], title=f"{title}\n{command}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ options with an error naming the option, and counts the bytes each mode must mov
 assertions: the machine running the tests is shared."""
 
 import csv
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,3 +156,31 @@ def test_default_run_covers_the_providers_available_here():
     assert "triton" not in suite.default_providers("cpu")  # the interpreter is for tests, not timing
     assert suite.default_shapes("cuda") == [(32, 384, 768), (32, 384, 1024)]
     assert suite.default_dtypes("cuda") == ["bf16"]
+
+
+def _load_script(name: str):
+    """A script of benchmarks/ (not a package) as a module."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sweep_script_writes_csv_and_png(tmp_path):
+    sweep = _load_script("sweep")
+    argv = ["--shapes", "1x4x8", "2x4x8", "--dtypes", "fp32", "--providers", "eager", "--modes", "fwd", *TINY]
+    assert sweep.main([*argv, "--out", str(tmp_path), "--name", "dev"]) == 0
+    assert len(_read(tmp_path / "dev.csv")) == 2
+    assert (tmp_path / "dev.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_e2e_script_runs_a_tiny_bert(tmp_path, capsys):
+    e2e = _load_script("e2e_bert")
+    assert (
+        e2e.main(["--models", "tiny", "--batch", "2", "--seq", "16", "--rep-ms", "1", "--csv", str(tmp_path / "e.csv")])
+        == 0
+    )
+    (row,) = _read(tmp_path / "e.csv")
+    assert row["model"] == "tiny" and float(row["step_eager_ms"]) > 0 and float(row["head_fused_ms"]) > 0
+    assert "head share" in capsys.readouterr().out
