@@ -27,11 +27,15 @@ state_dicts and checkpoints move freely between patched and unpatched models.
 
 Class swapping (rather than an instance ``forward`` attribute) keeps the patch with the module
 through ``copy.deepcopy``, pickling, ``nn.DataParallel``'s replicas and FSDP's own class swap.
+
+The positions reach the head through two attributes of the head module that live for one forward
+call; ``torch.compile(fullgraph=True)`` traces them (no graph break). One model instance must
+therefore not run two forwards WITH positions concurrently from several threads (DataParallel's
+replicas are separate modules, so they are fine); inference without positions never uses them.
 """
 
 from __future__ import annotations
 
-import copyreg
 import functools
 import inspect
 from collections.abc import Iterable
@@ -222,14 +226,22 @@ class FusedQAOutputs(nn.Linear):
 # The model: a subclass per transformers class whose forward routes the positions to the head.
 
 
+def _generic_qa_class() -> Optional[type]:
+    """transformers' GenericForQuestionAnswering (>= 4.53), or None on older versions."""
+    try:
+        from transformers.modeling_layers import GenericForQuestionAnswering
+    except ImportError:
+        return None
+    return GenericForQuestionAnswering
+
+
 def _loss_takes_kwargs(cls: type) -> bool:
     """Whether ``cls.forward`` passes its ``**kwargs`` to ``self.loss_function`` (so that Trainer's
     ``num_items_in_batch`` turns the mean into ``sum / num_items_in_batch``). The inline encoders
     and GPT-NeoX do not: for them eager ignores ``num_items_in_batch``, and so does the patch."""
-    from transformers.modeling_layers import GenericForQuestionAnswering
-
+    generic = _generic_qa_class()
     forward = inspect.unwrap(cls.forward)
-    if forward is inspect.unwrap(GenericForQuestionAnswering.forward):
+    if generic is not None and forward is inspect.unwrap(generic.forward):
         return True
     try:  # transformers 4.4x: each decoder-only class has its own copy of the same forward
         source = inspect.getsource(forward)
@@ -240,14 +252,13 @@ def _loss_takes_kwargs(cls: type) -> bool:
 
 def _runs_supported_forward(cls: type) -> bool:
     """Whether ``cls.forward`` is the forward of a supported transformers class."""
-    from transformers.modeling_layers import GenericForQuestionAnswering
-
+    generic = _generic_qa_class()
     for base in cls.__mro__:
         if "forward" not in vars(base):
             continue
         # The first class defining forward is the one whose forward runs: a user subclass that
         # overrides forward is not one we checked.
-        if base is GenericForQuestionAnswering:
+        if generic is not None and base is generic:
             return True
         return base.__name__ in _SUPPORTED_NAMES and base.__module__.startswith("transformers.")
     return False
@@ -337,8 +348,7 @@ def _new_patched(cls: type) -> nn.Module:
 def _reduce_ex(self, protocol):
     # Pickle a patched model as its transformers class plus "patched", never as the generated
     # subclass (which no module can name).
-    func, args, *rest = object.__reduce_ex__(self, max(protocol, 2))
-    assert func is copyreg.__newobj__ and args[0] is type(self), (func, args)
+    _newobj, _cls, *rest = object.__reduce_ex__(self, max(protocol, 2))  # (copyreg.__newobj__, (cls,), state, ...)
     return (_new_patched, (type(self)._qa_original,), *rest)
 
 
