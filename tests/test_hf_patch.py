@@ -393,6 +393,20 @@ def test_patch_is_idempotent_and_survives_deepcopy(device):
     assert_outputs_match(clone(**inputs), eager(**inputs), FP32_TOL)
 
 
+def test_head_replaced_after_patch(device):
+    """A new qa_outputs assigned after patch(): a labelled forward says so instead of silently
+    running eager; patch() again attaches the new head."""
+    eager, fused = twin("bert", device)
+    fused.qa_outputs = nn.Linear(32, 2).to(device)
+    eager.qa_outputs = copy.deepcopy(fused.qa_outputs)
+    inputs = dict(**make_inputs("bert", device), start_positions=positions("valid", device)[0],
+                  end_positions=positions("valid", device)[1])  # fmt: skip
+    with pytest.raises(RuntimeError, match="was replaced after patch"):
+        fused(**inputs)
+    assert qa_kernels.patch(fused) is fused and isinstance(fused.qa_outputs, hf.FusedQAOutputs)
+    assert_outputs_match(fused(**inputs), eager(**inputs), FP32_TOL)
+
+
 def test_state_dict_and_checkpoints_round_trip(device, tmp_path):
     """Same keys and tensors; eager state loads into patched and back; save_pretrained of a
     patched model loads as the plain class (architectures names it) and the reverse."""

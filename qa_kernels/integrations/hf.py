@@ -273,7 +273,7 @@ def _fused_forward_for(cls: type):
     start_index, end_index = params.index("start_positions"), params.index("end_positions")
     loss_takes_kwargs = _loss_takes_kwargs(cls)
     defining = next(base for base in cls.__mro__ if "forward" in vars(base))
-    no_cache_with_labels = defining.__name__ in NO_CACHE_WITH_LABELS
+    no_cache_with_labels = defining.__name__ in NO_CACHE_WITH_LABELS and "use_cache" in params
     use_cache_index = params.index("use_cache") if no_cache_with_labels else -1
 
     @functools.wraps(original)  # the same signature: Trainer reads the label names from it
@@ -411,7 +411,7 @@ def patch(model: nn.Module) -> nn.Module:
     ``GenericForQuestionAnswering`` decoder). Its outputs, output class, keywords, parameters and
     state_dict stay those of the unpatched model; start/end logits, loss and gradients equal
     eager's up to float rounding. Patch before wrapping the model (DDP, FSDP, torch.compile).
-    Patching a patched model does nothing.
+    Patching a patched model does nothing (but re-attach a ``qa_outputs`` replaced since).
 
     Returns:
         ``model`` itself.
@@ -424,6 +424,11 @@ def patch(model: nn.Module) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"qa_kernels.patch expects a transformers model (nn.Module); got {type(model).__name__}")
     if is_patched(model):
+        head = getattr(model, _HEAD, None)
+        if type(head) is nn.Linear and head.out_features == 2:  # qa_outputs replaced since patch()
+            head.__class__ = FusedQAOutputs
+        elif not isinstance(head, FusedQAOutputs):
+            raise _unsupported(model, f"its {_HEAD} is {head!r}, not a plain nn.Linear(H, 2)")
         return model
     _check_patchable(model)
     fused = _fused_class(type(model))  # may raise (no position arguments): nothing changed yet
