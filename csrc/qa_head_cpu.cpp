@@ -11,11 +11,13 @@
 //                   rows, each hidden load serves both sides), written with GCC/Clang vector
 //                   extensions and compiled for AVX-512, AVX2+FMA and baseline x86-64
 //                   (target_clones: the loader picks one per machine).
-//   row loaders     fp16 / bf16 / strided / autocast-rounded rows go through a small fp32 scratch
-//                   tile first; fp32 contiguous rows are read in place.
+//   row loaders     bf16 / fp16 / strided / autocast-rounded rows go through a small fp32 scratch
+//                   tile first (bf16 with vectorized bit conversions, fp16 through c10::Half);
+//                   fp32 contiguous rows are read in place.
 //   drivers         at::parallel_for over token rows; the backward's grad_weight partials are per
 //                   fixed chunk of kChunkRows rows and are summed in chunk order, so the result is
-//                   bitwise identical across runs and thread counts.
+//                   bitwise identical across runs and thread counts. grad_hidden, a fresh 4 B S H
+//                   bytes, is allocated with huge-page advice (see empty_large_output).
 #include "qa_head.h"
 
 #include <ATen/ATen.h>
@@ -46,7 +48,9 @@ constexpr int64_t kGrainH = 256;      // fewest features per thread in the parti
 
 using vfloat = float __attribute__((vector_size(kLanes * sizeof(float))));
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+// GCC >= 12 knows the x86-64-v3/v4 levels; elsewhere the kernels are compiled once, for the
+// compiler's default target (still vectorized, through the same vector extensions).
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && defined(__linux__)
 #define QA_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define QA_MULTIVERSION
