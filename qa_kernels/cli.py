@@ -1,4 +1,4 @@
-"""The ``qa-kernels`` command.
+"""The qa-kernels command.
 
 qa-kernels bench        time eager PyTorch, torch.compile and qa_kernels' kernels on this machine
 qa-kernels selfcheck    check the fused head against the eager reference here
