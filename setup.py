@@ -12,8 +12,8 @@ import os
 
 from setuptools import setup
 
-# Keep in step with CXX_FLAGS / NVCC_FLAGS in qa_kernels/native.py (the just-in-time build).
-CXX_FLAGS = ["-O3"]
+# Keep in step with CXX_FLAGS / LD_FLAGS / NVCC_FLAGS in qa_kernels/native.py (the just-in-time
+# build): -fopenmp where torch's at::parallel_for is OpenMP, else it runs on one thread.
 NVCC_FLAGS = ["-O3"]
 
 
@@ -36,6 +36,7 @@ def native_extension() -> dict:
                 print(f"WARNING: qa_kernels: building the native extension failed ({e}); "
                       "qa_kernels will try a just-in-time build on first use, else fall back to PyTorch")  # fmt: skip
 
+    openmp = ["-fopenmp"] if torch.backends.openmp.is_available() else []
     here = os.path.dirname(os.path.abspath(__file__))
     sources = sorted(glob.glob("csrc/*.cpp"))  # relative: setuptools wants paths under setup.py's folder
     with_cuda = torch.version.cuda is not None and CUDA_HOME is not None
@@ -45,7 +46,8 @@ def native_extension() -> dict:
         "qa_kernels._C",
         sources,
         include_dirs=[os.path.join(here, "csrc")],  # absolute: ninja builds from another folder
-        extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
+        extra_compile_args={"cxx": ["-O3", *openmp], "nvcc": NVCC_FLAGS},
+        extra_link_args=openmp,
     )
     return {"ext_modules": [extension], "cmdclass": {"build_ext": OptionalBuildExtension.with_options(use_ninja=True)}}
 

@@ -14,7 +14,7 @@
 //   row loaders     bf16 / fp16 / strided / autocast-rounded rows go through a small fp32 scratch
 //                   tile first (bf16 with vectorized bit conversions, fp16 through c10::Half);
 //                   fp32 contiguous rows are read in place.
-//   drivers         at::parallel_for over token rows; the backward's grad_weight partials are per
+//   drivers         threads take fixed items of token rows from a shared counter; the backward's grad_weight partials are per
 //                   fixed chunk of kChunkRows rows and are summed in chunk order, so the result is
 //                   bitwise identical across runs and thread counts. grad_hidden, a fresh 4 B S H
 //                   bytes, is allocated with huge-page advice (see empty_large_output).
@@ -25,6 +25,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -43,7 +44,7 @@ namespace {
 constexpr int64_t kRows = 4;          // token rows per micro-kernel call
 constexpr int64_t kLanes = 16;        // fp32 lanes per vector (one AVX-512 register; two AVX2 ones)
 constexpr int64_t kChunkRows = 128;   // token rows per grad_weight partial: FIXED, never per-thread
-constexpr int64_t kGrainRows = 64;    // fewest token rows worth handing to a thread (forward, d)
+constexpr int64_t kGrainRows = 64;    // token rows per work item (forward) / per thread (d_logits)
 constexpr int64_t kGrainH = 256;      // fewest features per thread in the partials' reduction
 
 using vfloat = float __attribute__((vector_size(kLanes * sizeof(float))));
@@ -58,24 +59,89 @@ using vfloat = float __attribute__((vector_size(kLanes * sizeof(float))));
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Work items [0, n) handed out to the intra-op threads through an atomic counter, not split into
+// equal static ranges: on a shared machine a thread that shares its core with another process
+// simply takes fewer items instead of holding everyone up. Every item's result depends only on
+// the item, so the output bits do not depend on the schedule.
+//   WorkQueue queue(n);
+//   at::parallel_for(0, queue.workers(), 1, [&](int64_t, int64_t) {
+//     for (int64_t i; queue.pop(i);) ...
+//   });
+class WorkQueue {
+ public:
+  explicit WorkQueue(int64_t n) : n_(n) {}
+  int64_t workers() const { return std::min<int64_t>(at::get_num_threads(), n_); }
+  bool pop(int64_t& item) {
+    item = next_.fetch_add(1, std::memory_order_relaxed);
+    return item < n_;
+  }
+
+ private:
+  const int64_t n_;
+  std::atomic<int64_t> next_{0};
+};
+
 // ------------------------------------------------------------------------------------------------
-// Micro-kernels (fp32). Vectors are loaded and stored with memcpy: unaligned, no aliasing games.
+// Micro-kernels. Rows are fp32 or raw bf16 bits (uint16_t); the math is fp32 either way. Vectors
+// are loaded and stored with memcpy: unaligned, no aliasing games. The *_impl templates are
+// inlined into the multiversioned wrappers, so each wrapper is compiled once per ISA.
 // ------------------------------------------------------------------------------------------------
+#define QA_INLINE inline __attribute__((always_inline))
+// A 64-byte vector returned by value changes the ABI below AVX-512: only ever inlined here.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+using vu16 = uint16_t __attribute__((vector_size(kLanes * sizeof(uint16_t))));
+using vu32 = uint32_t __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+
+QA_INLINE vfloat load_vec(const float* p) {
+  vfloat v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+QA_INLINE vfloat load_vec(const uint16_t* p) {  // bf16 -> fp32: exact, a shift
+  vu16 raw;
+  std::memcpy(&raw, p, sizeof(raw));
+  const vu32 bits = __builtin_convertvector(raw, vu32) << 16;
+  vfloat v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+QA_INLINE void store_vec(float* p, vfloat v) { std::memcpy(p, &v, sizeof(v)); }
+// fp32 -> bf16: round to nearest even, NaN -> 0x7FC0: bit for bit c10::BFloat16(float).
+QA_INLINE void store_vec(uint16_t* p, vfloat v) {
+  vu32 u;
+  std::memcpy(&u, &v, sizeof(u));
+  vu32 rounded = (u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16;
+  rounded = v != v ? vu32{} + 0x7FC0u : rounded;
+  const vu16 out = __builtin_convertvector(rounded, vu16);
+  std::memcpy(p, &out, sizeof(out));
+}
+QA_INLINE float load_one(const float* p) { return *p; }
+QA_INLINE float load_one(const uint16_t* p) {
+  const uint32_t bits = static_cast<uint32_t>(*p) << 16;
+  float v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+QA_INLINE void store_one(float* p, float v) { *p = v; }
+QA_INLINE void store_one(uint16_t* p, float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  *p = v != v ? uint16_t{0x7FC0} : static_cast<uint16_t>((u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16);
+}
 
 // out0[r] = sum_h x[r][h] * w0[h],   out1[r] = sum_h x[r][h] * w1[h]        for r < kRows
 // kLanes running sums per (row, side), added lane 0..kLanes-1 then the tail: a fixed order.
-QA_MULTIVERSION void dot2_rows(const float* const* x,  // kRows pointers to rows of H floats
-                               const float* w0, const float* w1,  // (H,) each
-                               int64_t H, float* out0, float* out1) {  // (kRows,) each
+template <typename X>
+QA_INLINE void dot2_rows_impl(const X* const* x,  // kRows pointers to rows of H elements
+                              const float* w0, const float* w1,  // (H,) each
+                              int64_t H, float* out0, float* out1) {  // (kRows,) each
   vfloat acc0[kRows] = {}, acc1[kRows] = {};
   int64_t h = 0;
   for (; h + kLanes <= H; h += kLanes) {
-    vfloat v0, v1;
-    std::memcpy(&v0, w0 + h, sizeof(vfloat));
-    std::memcpy(&v1, w1 + h, sizeof(vfloat));
+    const vfloat v0 = load_vec(w0 + h), v1 = load_vec(w1 + h);
     for (int64_t r = 0; r < kRows; ++r) {
-      vfloat xv;
-      std::memcpy(&xv, x[r] + h, sizeof(vfloat));
+      const vfloat xv = load_vec(x[r] + h);
       acc0[r] += xv * v0;
       acc1[r] += xv * v1;
     }
@@ -87,8 +153,8 @@ QA_MULTIVERSION void dot2_rows(const float* const* x,  // kRows pointers to rows
       s1 += acc1[r][j];
     }
     for (int64_t t = h; t < H; ++t) {
-      s0 += x[r][t] * w0[t];
-      s1 += x[r][t] * w1[t];
+      s0 += load_one(x[r] + t) * w0[t];
+      s1 += load_one(x[r] + t) * w1[t];
     }
     out0[r] = s0;
     out1[r] = s1;
@@ -96,82 +162,95 @@ QA_MULTIVERSION void dot2_rows(const float* const* x,  // kRows pointers to rows
 }
 
 // g[r][h] = d0[r] * w0[h] + d1[r] * w1[h]                                    for r < kRows
-QA_MULTIVERSION void grad_hidden_rows(float* const* g,  // kRows pointers to rows of H floats
-                                      const float* d0, const float* d1,  // (kRows,) each
-                                      const float* w0, const float* w1, int64_t H) {  // (H,) each
+template <typename G>
+QA_INLINE void grad_hidden_rows_impl(G* const* g,  // kRows pointers to rows of H elements
+                                     const float* d0, const float* d1,  // (kRows,) each
+                                     const float* w0, const float* w1, int64_t H) {  // (H,) each
   int64_t h = 0;
   for (; h + kLanes <= H; h += kLanes) {
-    vfloat v0, v1;
-    std::memcpy(&v0, w0 + h, sizeof(vfloat));
-    std::memcpy(&v1, w1 + h, sizeof(vfloat));
-    for (int64_t r = 0; r < kRows; ++r) {
-      const vfloat gv = d0[r] * v0 + d1[r] * v1;
-      std::memcpy(g[r] + h, &gv, sizeof(vfloat));
-    }
+    const vfloat v0 = load_vec(w0 + h), v1 = load_vec(w1 + h);
+    for (int64_t r = 0; r < kRows; ++r) store_vec(g[r] + h, d0[r] * v0 + d1[r] * v1);
   }
   for (; h < H; ++h) {
-    for (int64_t r = 0; r < kRows; ++r) g[r][h] = d0[r] * w0[h] + d1[r] * w1[h];
+    for (int64_t r = 0; r < kRows; ++r) store_one(g[r] + h, d0[r] * w0[h] + d1[r] * w1[h]);
   }
 }
 
 // pw0[h] += sum_r d0[r] * x[r][h],   pw1[h] += sum_r d1[r] * x[r][h]         (r ascending)
-QA_MULTIVERSION void grad_weight_rows(const float* const* x,  // kRows pointers to rows of H floats
-                                      const float* d0, const float* d1,  // (kRows,) each
-                                      float* pw0, float* pw1, int64_t H) {  // (H,) each, fp32 partials
+template <typename X>
+QA_INLINE void grad_weight_rows_impl(const X* const* x,  // kRows pointers to rows of H elements
+                                     const float* d0, const float* d1,  // (kRows,) each
+                                     float* pw0, float* pw1, int64_t H) {  // (H,) each, fp32 partials
   int64_t h = 0;
   for (; h + kLanes <= H; h += kLanes) {
-    vfloat p0, p1;
-    std::memcpy(&p0, pw0 + h, sizeof(vfloat));
-    std::memcpy(&p1, pw1 + h, sizeof(vfloat));
+    vfloat p0 = load_vec(pw0 + h), p1 = load_vec(pw1 + h);
     for (int64_t r = 0; r < kRows; ++r) {
-      vfloat xv;
-      std::memcpy(&xv, x[r] + h, sizeof(vfloat));
+      const vfloat xv = load_vec(x[r] + h);
       p0 += d0[r] * xv;
       p1 += d1[r] * xv;
     }
-    std::memcpy(pw0 + h, &p0, sizeof(vfloat));
-    std::memcpy(pw1 + h, &p1, sizeof(vfloat));
+    store_vec(pw0 + h, p0);
+    store_vec(pw1 + h, p1);
   }
   for (; h < H; ++h) {
     for (int64_t r = 0; r < kRows; ++r) {
-      pw0[h] += d0[r] * x[r][h];
-      pw1[h] += d1[r] * x[r][h];
+      pw0[h] += d0[r] * load_one(x[r] + h);
+      pw1[h] += d1[r] * load_one(x[r] + h);
     }
   }
 }
 
 // Both of the above in one sweep over h (a copy-like pattern: each hidden vector read and each
-// gradient vector written once, side by side).
-QA_MULTIVERSION void grad_rows_fused(const float* const* x, float* const* g,  // kRows rows of H floats each
-                                     const float* d0, const float* d1,  // (kRows,) each
-                                     const float* w0, const float* w1,  // (H,) each
-                                     float* pw0, float* pw1, int64_t H) {  // (H,) each, fp32 partials
+// gradient vector written once, side by side; measured faster than two sweeps per block).
+template <typename X, typename G>
+QA_INLINE void grad_rows_fused_impl(const X* const* x, G* const* g,  // kRows rows of H elements each
+                                    const float* d0, const float* d1,  // (kRows,) each
+                                    const float* w0, const float* w1,  // (H,) each
+                                    float* pw0, float* pw1, int64_t H) {  // (H,) each, fp32 partials
   int64_t h = 0;
   for (; h + kLanes <= H; h += kLanes) {
-    vfloat v0, v1, p0, p1;
-    std::memcpy(&v0, w0 + h, sizeof(vfloat));
-    std::memcpy(&v1, w1 + h, sizeof(vfloat));
-    std::memcpy(&p0, pw0 + h, sizeof(vfloat));
-    std::memcpy(&p1, pw1 + h, sizeof(vfloat));
+    const vfloat v0 = load_vec(w0 + h), v1 = load_vec(w1 + h);
+    vfloat p0 = load_vec(pw0 + h), p1 = load_vec(pw1 + h);
     for (int64_t r = 0; r < kRows; ++r) {
-      vfloat xv;
-      std::memcpy(&xv, x[r] + h, sizeof(vfloat));
-      const vfloat gv = d0[r] * v0 + d1[r] * v1;
-      std::memcpy(g[r] + h, &gv, sizeof(vfloat));
+      const vfloat xv = load_vec(x[r] + h);
+      store_vec(g[r] + h, d0[r] * v0 + d1[r] * v1);
       p0 += d0[r] * xv;
       p1 += d1[r] * xv;
     }
-    std::memcpy(pw0 + h, &p0, sizeof(vfloat));
-    std::memcpy(pw1 + h, &p1, sizeof(vfloat));
+    store_vec(pw0 + h, p0);
+    store_vec(pw1 + h, p1);
   }
   for (; h < H; ++h) {
     for (int64_t r = 0; r < kRows; ++r) {
-      g[r][h] = d0[r] * w0[h] + d1[r] * w1[h];
-      pw0[h] += d0[r] * x[r][h];
-      pw1[h] += d1[r] * x[r][h];
+      store_one(g[r] + h, d0[r] * w0[h] + d1[r] * w1[h]);
+      pw0[h] += d0[r] * load_one(x[r] + h);
+      pw1[h] += d1[r] * load_one(x[r] + h);
     }
   }
 }
+
+// The multiversioned entry points: fp32 rows (in place, or a converted scratch tile) and bf16 rows.
+#define QA_MICRO_KERNELS(X)                                                                              \
+  QA_MULTIVERSION void dot2_rows(const X* const* x, const float* w0, const float* w1, int64_t H,         \
+                                 float* out0, float* out1) {                                             \
+    dot2_rows_impl(x, w0, w1, H, out0, out1);                                                            \
+  }                                                                                                      \
+  QA_MULTIVERSION void grad_hidden_rows(X* const* g, const float* d0, const float* d1, const float* w0, \
+                                        const float* w1, int64_t H) {                                    \
+    grad_hidden_rows_impl(g, d0, d1, w0, w1, H);                                                         \
+  }                                                                                                      \
+  QA_MULTIVERSION void grad_weight_rows(const X* const* x, const float* d0, const float* d1, float* pw0, \
+                                        float* pw1, int64_t H) {                                         \
+    grad_weight_rows_impl(x, d0, d1, pw0, pw1, H);                                                       \
+  }                                                                                                      \
+  QA_MULTIVERSION void grad_rows_fused(const X* const* x, X* const* g, const float* d0, const float* d1, \
+                                       const float* w0, const float* w1, float* pw0, float* pw1,         \
+                                       int64_t H) {                                                      \
+    grad_rows_fused_impl(x, g, d0, d1, w0, w1, pw0, pw1, H);                                             \
+  }
+QA_MICRO_KERNELS(float)
+QA_MICRO_KERNELS(uint16_t)
+#undef QA_MICRO_KERNELS
 
 // acc[h] += part[h]   (the partials' reduction, one chunk at a time, in chunk order)
 QA_MULTIVERSION void add_rows(float* acc, const float* part, int64_t n) {
@@ -241,10 +320,16 @@ void store_row(const float* src, int64_t n, scalar_t* dst) {
   }
 }
 
-// The token rows of hidden (B, S, H), any strides, read as fp32 kRows at a time.
+// The token rows of hidden (B, S, H), any strides, kRows at a time: in place where the micro-kernels
+// read the dtype directly (fp32 or bf16, unit stride, no autocast rounding), else converted to fp32
+// in a scratch tile.
 template <typename scalar_t>
 class HiddenRows {
  public:
+  static constexpr bool kHasRaw = std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>;
+  // What the micro-kernels take in place of scalar_t: fp32 itself, or bf16's raw bits.
+  using raw_t = std::conditional_t<std::is_same_v<scalar_t, c10::BFloat16>, uint16_t, float>;
+
   HiddenRows(const at::Tensor& hidden, at::ScalarType round_to)
       : base_(hidden.const_data_ptr<scalar_t>()),
         S_(hidden.size(1)),
@@ -253,14 +338,15 @@ class HiddenRows {
         stride_s_(hidden.stride(1)),
         stride_h_(hidden.stride(2)),
         round_to_(round_to),
-        in_place_(std::is_same_v<scalar_t, float> && hidden.stride(2) == 1 &&
-                  (round_to == at::kFloat || round_to == hidden.scalar_type())) {}
+        in_place_(kHasRaw && hidden.stride(2) == 1 && (round_to == at::kFloat || round_to == hidden.scalar_type())) {}
 
   bool in_place() const { return in_place_; }
 
   // Points rows[r] at token row t0 + r (r < n; rows past n repeat the last one, so the
-  // micro-kernels always see kRows valid rows). scratch: kRows * H floats, used unless in place.
-  void get(int64_t t0, int64_t n, float* scratch, const float** rows) const {
+  // micro-kernels always see kRows valid rows). R: raw_t when in place, else float (the rows are
+  // converted into scratch, kRows * H floats).
+  template <typename R>
+  void get(int64_t t0, int64_t n, float* scratch, const R** rows) const {
     for (int64_t r = 0; r < kRows; ++r) {
       if (r >= n) {
         rows[r] = rows[n - 1];
@@ -268,11 +354,15 @@ class HiddenRows {
       }
       const int64_t t = t0 + r;
       const scalar_t* src = base_ + (t / S_) * stride_b_ + (t % S_) * stride_s_;
-      if (in_place_) {
-        rows[r] = reinterpret_cast<const float*>(src);
+      if constexpr (std::is_same_v<R, float>) {
+        if (in_place_ && std::is_same_v<raw_t, float>) {
+          rows[r] = reinterpret_cast<const float*>(src);
+        } else {
+          load_row(src, stride_h_, H_, round_to_, scratch + r * H_);
+          rows[r] = scratch + r * H_;
+        }
       } else {
-        load_row(src, stride_h_, H_, round_to_, scratch + r * H_);
-        rows[r] = scratch + r * H_;
+        rows[r] = reinterpret_cast<const R*>(src);
       }
     }
   }
@@ -321,20 +411,33 @@ void logits_cpu(const at::Tensor& hidden,  // (B, S, H)
                 float* start, float* end) {  // (B * S,) each
   const int64_t N = hidden.size(0) * hidden.size(1), H = hidden.size(2);
   const HiddenRows<scalar_t> rows_of(hidden, round_to);
-  at::parallel_for(0, ceil_div(N, kRows), ceil_div(kGrainRows, kRows), [&](int64_t blk0, int64_t blk1) {
-    std::vector<float> scratch(rows_of.in_place() ? 0 : kRows * H);
-    const float* rows[kRows];
-    float out0[kRows], out1[kRows];
-    for (int64_t blk = blk0; blk < blk1; ++blk) {
-      const int64_t t0 = blk * kRows, n = std::min(kRows, N - t0);
-      rows_of.get(t0, n, scratch.data(), rows);
-      dot2_rows(rows, w, w + H, H, out0, out1);
-      for (int64_t r = 0; r < n; ++r) {
-        start[t0 + r] = out0[r] + bias0;
-        end[t0 + r] = out1[r] + bias1;
+  using raw_t = typename HiddenRows<scalar_t>::raw_t;
+  auto run = [&](auto row_type) {  // R: the element type the micro-kernel reads
+    using R = decltype(row_type);
+    WorkQueue queue(ceil_div(N, kGrainRows));
+    at::parallel_for(0, queue.workers(), 1, [&](int64_t, int64_t) {
+      std::vector<float> scratch(rows_of.in_place() ? 0 : kRows * H);
+      const R* rows[kRows];
+      float out0[kRows], out1[kRows];
+      for (int64_t item; queue.pop(item);) {
+        const int64_t item_end = std::min(N, (item + 1) * kGrainRows);
+        for (int64_t t0 = item * kGrainRows; t0 < item_end; t0 += kRows) {
+          const int64_t n = std::min(kRows, item_end - t0);
+          rows_of.get(t0, n, scratch.data(), rows);
+          dot2_rows(rows, w, w + H, H, out0, out1);
+          for (int64_t r = 0; r < n; ++r) {
+            start[t0 + r] = out0[r] + bias0;
+            end[t0 + r] = out1[r] + bias1;
+          }
+        }
       }
-    }
-  });
+    });
+  };
+  if (rows_of.in_place()) {
+    run(raw_t{});
+  } else {
+    run(float{});
+  }
 }
 
 // Per side k of row b:  lse = m + log sum_s exp(x[s] - m)  (m = max_s x[s]);
@@ -481,8 +584,8 @@ void d_logits_cpu(const std::optional<at::Tensor>& grad_start, const std::option
 //   grad_hidden[t, :]  = d[t, 0] * w[0, :] + d[t, 1] * w[1, :]            (stored in hidden's dtype)
 //   partial_w[c, k, :] = sum_{t in c} d[t, k] * hidden[t, :]              (fp32, t ascending)
 //   partial_b[c, k]    = sum_{t in c} d[t, k]
-// One pass over hidden and grad_hidden. Chunks are handed to threads in contiguous ranges; each
-// chunk's partial depends only on its rows, so the bits do not depend on the thread count.
+// One pass over hidden and grad_hidden. Chunks go to threads through a WorkQueue; each chunk's
+// partial depends only on its rows, so the bits depend neither on the thread count nor on timing.
 template <typename scalar_t>
 void grad_rows_cpu(const at::Tensor& hidden,  // (B, S, H)
                    const float* w,             // (2, H) fp32, rounded to the mm dtype
@@ -494,55 +597,68 @@ void grad_rows_cpu(const at::Tensor& hidden,  // (B, S, H)
   const int64_t N = hidden.size(0) * hidden.size(1), H = hidden.size(2);
   const int64_t num_chunks = ceil_div(N, kChunkRows);
   const HiddenRows<scalar_t> rows_of(hidden, round_to);
-  constexpr bool kGradInPlace = std::is_same_v<scalar_t, float>;
-  at::parallel_for(0, num_chunks, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<float> x_scratch(partial_w != nullptr && !rows_of.in_place() ? kRows * H : 0);
-    // Rows past the chunk's end (a partial block of kRows) write their (zero) gradient here.
-    std::vector<float> g_scratch(grad_hidden != nullptr ? kRows * H : 0);
-    const float* x_rows[kRows];
-    float* g_rows[kRows];
-    float d0[kRows], d1[kRows];
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t t_begin = c * kChunkRows, t_end = std::min(N, t_begin + kChunkRows);
-      if (partial_b != nullptr) {
-        float b0 = 0.f, b1 = 0.f;
-        for (int64_t t = t_begin; t < t_end; ++t) {
-          b0 += d[2 * t];
-          b1 += d[2 * t + 1];
-        }
-        partial_b[2 * c] = b0;
-        partial_b[2 * c + 1] = b1;
-      }
-      float* pw = partial_w != nullptr ? partial_w + c * 2 * H : nullptr;
-      if (pw != nullptr) std::fill(pw, pw + 2 * H, 0.f);
-      for (int64_t t0 = t_begin; t0 < t_end; t0 += kRows) {
-        const int64_t n = std::min(kRows, t_end - t0);
-        for (int64_t r = 0; r < kRows; ++r) {  // rows past n get d = 0: they add nothing
-          d0[r] = r < n ? d[2 * (t0 + r)] : 0.f;
-          d1[r] = r < n ? d[2 * (t0 + r) + 1] : 0.f;
-        }
-        if (grad_hidden != nullptr) {
-          for (int64_t r = 0; r < kRows; ++r) {
-            const bool direct = kGradInPlace && r < n;
-            g_rows[r] = direct ? reinterpret_cast<float*>(grad_hidden + (t0 + r) * H) : g_scratch.data() + r * H;
+  using raw_t = typename HiddenRows<scalar_t>::raw_t;
+  auto run = [&](auto row_type) {  // R: the element type the micro-kernels read (and write, in place)
+    using R = decltype(row_type);
+    // grad_hidden rows are written in place when they have the element type R; else into a fp32
+    // scratch tile, then rounded to hidden's dtype.
+    constexpr bool kGradInPlace = HiddenRows<scalar_t>::kHasRaw && std::is_same_v<R, raw_t>;
+    using G = std::conditional_t<kGradInPlace, R, float>;
+    WorkQueue queue(num_chunks);
+    at::parallel_for(0, queue.workers(), 1, [&](int64_t, int64_t) {
+      std::vector<float> x_scratch(partial_w != nullptr && !rows_of.in_place() ? kRows * H : 0);
+      // Rows past the chunk's end (a partial block of kRows) write their (zero) gradient here.
+      std::vector<G> g_scratch(grad_hidden != nullptr ? kRows * H : 0);
+      const R* x_rows[kRows];
+      G* g_rows[kRows];
+      float d0[kRows], d1[kRows];
+      for (int64_t c; queue.pop(c);) {
+        const int64_t t_begin = c * kChunkRows, t_end = std::min(N, t_begin + kChunkRows);
+        if (partial_b != nullptr) {
+          float b0 = 0.f, b1 = 0.f;
+          for (int64_t t = t_begin; t < t_end; ++t) {
+            b0 += d[2 * t];
+            b1 += d[2 * t + 1];
           }
+          partial_b[2 * c] = b0;
+          partial_b[2 * c + 1] = b1;
         }
-        if (pw != nullptr) rows_of.get(t0, n, x_scratch.data(), x_rows);
-        if (grad_hidden != nullptr && pw != nullptr) {
-          grad_rows_fused(x_rows, g_rows, d0, d1, w, w + H, pw, pw + H, H);
-        } else if (grad_hidden != nullptr) {
-          grad_hidden_rows(g_rows, d0, d1, w, w + H, H);
-        } else if (pw != nullptr) {
-          grad_weight_rows(x_rows, d0, d1, pw, pw + H, H);
-        }
-        if constexpr (!kGradInPlace) {
+        float* pw = partial_w != nullptr ? partial_w + c * 2 * H : nullptr;
+        if (pw != nullptr) std::fill(pw, pw + 2 * H, 0.f);
+        for (int64_t t0 = t_begin; t0 < t_end; t0 += kRows) {
+          const int64_t n = std::min(kRows, t_end - t0);
+          for (int64_t r = 0; r < kRows; ++r) {  // rows past n get d = 0: they add nothing
+            d0[r] = r < n ? d[2 * (t0 + r)] : 0.f;
+            d1[r] = r < n ? d[2 * (t0 + r) + 1] : 0.f;
+          }
           if (grad_hidden != nullptr) {
-            for (int64_t r = 0; r < n; ++r) store_row(g_rows[r], H, grad_hidden + (t0 + r) * H);
+            for (int64_t r = 0; r < kRows; ++r) {
+              g_rows[r] = kGradInPlace && r < n ? reinterpret_cast<G*>(grad_hidden + (t0 + r) * H)
+                                                : g_scratch.data() + r * H;
+            }
+          }
+          if (pw != nullptr) rows_of.get(t0, n, x_scratch.data(), x_rows);
+          if (grad_hidden != nullptr && pw != nullptr) {
+            grad_rows_fused(x_rows, g_rows, d0, d1, w, w + H, pw, pw + H, H);
+          } else if (grad_hidden != nullptr) {
+            grad_hidden_rows(g_rows, d0, d1, w, w + H, H);
+          } else if (pw != nullptr) {
+            grad_weight_rows(x_rows, d0, d1, pw, pw + H, H);
+          }
+          if constexpr (!kGradInPlace) {
+            if (grad_hidden != nullptr) {
+              for (int64_t r = 0; r < n; ++r) store_row(g_rows[r], H, grad_hidden + (t0 + r) * H);
+            }
           }
         }
       }
-    }
-  });
+    });
+  };
+  if (rows_of.in_place()) {
+    run(raw_t{});
+  } else {
+    run(float{});
+  }
 }
 
 // out[k, h] = sum_c partial[c, k, h]  for c = 0, 1, ..., num_chunks - 1 (in that order)

@@ -35,8 +35,12 @@ NAMESPACE = "qa_kernels_native"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # csrc/ beside the package: present in a source checkout (editable install), absent from a wheel.
 CSRC_DIR = _PACKAGE_DIR.parent / "csrc"
-# Compiler flags, shared with setup.py (keep the two in step).
-CXX_FLAGS = ["-O3"]
+# Compiler flags, shared with setup.py (keep the two in step). ATen's at::parallel_for is an inline
+# `#pragma omp parallel` where torch is built with OpenMP: without -fopenmp it silently runs on one
+# thread. (-fopenmp links libgomp.so.1, the soname torch has already loaded: one OpenMP runtime.)
+_OPENMP = ["-fopenmp"] if torch.backends.openmp.is_available() else []
+CXX_FLAGS = ["-O3", *_OPENMP]
+LD_FLAGS = [*_OPENMP]
 NVCC_FLAGS = ["-O3"]
 
 _lock = threading.Lock()
@@ -99,6 +103,7 @@ def _jit_build() -> None:
         name="qa_kernels_native",
         sources=srcs,
         extra_cflags=CXX_FLAGS,
+        extra_ldflags=LD_FLAGS,
         extra_cuda_cflags=NVCC_FLAGS,
         extra_include_paths=[str(CSRC_DIR)],
         build_directory=str(build_dir),
