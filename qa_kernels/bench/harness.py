@@ -1,9 +1,9 @@
 """What every benchmark suite shares: the device and its copy bandwidth, timing, results, table, CSV, plot.
 
-A *suite* (``head.py``; span decoding can be another) says what to run: its shape dimensions, modes,
-providers, the bytes each mode must move, and a workload per (shape, dtype) that hands out one
-callable per (provider, mode) plus its error against a float64 reference. This module times those
-callables the same way for every suite:
+A *suite* (``head.py``, ``spans.py``) says what to run: its shape dimensions, modes, providers
+(one of them the baseline that speed-ups are over), the bytes each mode must move, and a workload
+per (shape, dtype) that hands out one callable per (provider, mode) plus its error against the
+suite's reference. This module times those callables the same way for every suite:
 
 - Providers are interleaved: each (shape, dtype, mode) is timed in ``ROUNDS`` rounds, every provider
   once per round, and the raw times of the rounds are pooled, so a burst of load on a shared machine
@@ -57,8 +57,8 @@ class Workload(Protocol):
         ``grad_to_none`` are the leaves whose ``.grad`` is reset before each timed call."""
 
     def max_error(self, provider: str, mode: str) -> float:
-        """Largest norm-relative error (max |out - ref| / max |ref|) of the mode's outputs against the
-        float64 reference."""
+        """The mode's error against the suite's reference, 0.0 when exact; each suite documents its
+        measure (head: max |out - ref| / max |ref| against float64)."""
 
     def close(self) -> None:
         """Frees what the workload holds (inputs, compiled graphs)."""
@@ -69,6 +69,7 @@ class Suite(Protocol):
     dims: tuple[str, ...]  # names of the shape's dimensions, CSV columns: ("B", "S", "H")
     modes: tuple[str, ...]
     providers: tuple[str, ...]
+    baseline: str  # the provider that speed-ups are over: "eager"
     dtypes: tuple[str, ...]
     presets: dict[str, tuple[int, ...]]  # named shapes accepted by --shapes
 
@@ -257,10 +258,14 @@ def peak_memory_mb(fn: Fn, device: str) -> Optional[float]:
 # Running a suite
 
 
+def speedup_column(suite: Suite) -> str:
+    return f"speedup_vs_{suite.baseline}"
+
+
 def columns(suite: Suite) -> list[str]:
     return [
         "suite", "device", "torch", "triton", "threads", "load_avg", "dtype", *suite.dims, "mode", "provider",
-        "median_ms", "p20_ms", "p80_ms", "speedup_vs_eager", "moved_mb", "gbps", "copy_gbps",
+        "median_ms", "p20_ms", "p80_ms", speedup_column(suite), "moved_mb", "gbps", "copy_gbps",
         "floor_fraction", "peak_mem_mb", "max_err",
     ]  # fmt: skip
 
@@ -294,10 +299,10 @@ def run(
                         peaks = {p: peak_memory_mb(cases[p][0], env.device) for p in providers}
                         timings = time_interleaved(cases, timer)
                         moved = suite.moved_bytes(mode, shape, dtype)
+                        base = timings.get(suite.baseline)
                         for p in providers:
                             median, p20, p80 = timings[p]
                             gbps = moved / median / 1e6
-                            eager = timings.get("eager")
                             rows.append(
                                 {
                                     "suite": suite.name, "device": env.device_name, "torch": env.torch,
@@ -305,7 +310,7 @@ def run(
                                     "dtype": dtype, **dict(zip(suite.dims, shape, strict=True)),
                                     "mode": mode, "provider": p,
                                     "median_ms": median, "p20_ms": p20, "p80_ms": p80,
-                                    "speedup_vs_eager": eager[0] / median if eager else None,
+                                    speedup_column(suite): base[0] / median if base else None,
                                     "moved_mb": moved / 1e6, "gbps": gbps, "copy_gbps": copy_gbps,
                                     "floor_fraction": gbps / copy_gbps, "peak_mem_mb": peaks[p],
                                     "max_err": errors[p],
@@ -327,9 +332,12 @@ def _fmt(value: Optional[float], spec: str) -> str:
 
 def format_table(rows: Iterable[dict], suite: Suite) -> str:
     """The results as a fixed-width text table, one line per row."""
+    rows = list(rows)
+    vs = f"vs {suite.baseline}"
+    pw, sw = max([8, *(len(r["provider"]) for r in rows)]), max(8, len(vs))  # provider, speed-up widths
     header = (
-        f"{'shape':>15} {'dtype':5} {'mode':9} {'provider':8} {'median ms':>10} {'[p20, p80]':>19} "
-        f"{'vs eager':>8} {'GB/s':>8} {'of copy':>7} {'peak MB':>8} {'max err':>8}"
+        f"{'shape':>15} {'dtype':5} {'mode':9} {'provider':{pw}} {'median ms':>10} {'[p20, p80]':>19} "
+        f"{vs:>{sw}} {'GB/s':>8} {'of copy':>7} {'peak MB':>8} {'max err':>8}"
     )
     lines = [header, "-" * len(header)]
     previous = None
@@ -340,10 +348,11 @@ def format_table(rows: Iterable[dict], suite: Suite) -> str:
             lines.append("")
         previous = key
         spread = f"[{_fmt(r['p20_ms'], '.4g')}, {_fmt(r['p80_ms'], '.4g')}]"
-        speedup = _fmt(r["speedup_vs_eager"], ".2f") + ("x" if r["speedup_vs_eager"] is not None else "")
+        ratio = r[speedup_column(suite)]
+        speedup = _fmt(ratio, ".2f") + ("x" if ratio is not None else "")
         lines.append(
-            f"{shape:>15} {r['dtype']:5} {r['mode']:9} {r['provider']:8} {r['median_ms']:>10.4g} {spread:>19} "
-            f"{speedup:>8} {r['gbps']:>8.1f} {r['floor_fraction']:>7.1%} {_fmt(r['peak_mem_mb'], '.1f'):>8} "
+            f"{shape:>15} {r['dtype']:5} {r['mode']:9} {r['provider']:{pw}} {r['median_ms']:>10.4g} {spread:>19} "
+            f"{speedup:>{sw}} {r['gbps']:>8.1f} {r['floor_fraction']:>7.1%} {_fmt(r['peak_mem_mb'], '.1f'):>8} "
             f"{_fmt(r['max_err'], '.1e'):>8}"
         )
     return "\n".join(lines)

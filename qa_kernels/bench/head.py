@@ -213,6 +213,7 @@ class HeadSuite:
     dims = ("B", "S", "H")
     modes = ("inference", "fwd", "bwd", "fwd+bwd")
     providers = ("eager", "compile", "triton", "native")
+    baseline = "eager"
     dtypes = tuple(DTYPES)
     # bert-base and bert-large fine-tuned on SQuAD: batch 32, max_seq_length 384.
     presets: ClassVar[dict[str, tuple[int, int, int]]] = {"bert-base": (32, 384, 768), "bert-large": (32, 384, 1024)}
