@@ -1,6 +1,6 @@
 """The qa-kernels command.
 
-qa-kernels bench        time eager PyTorch, torch.compile and qa_kernels' kernels on this machine
+qa-kernels bench        time qa_kernels' kernels against eager PyTorch, torch.compile, transformers here
 qa-kernels selfcheck    check the fused head against the eager reference here
 """
 
@@ -13,33 +13,44 @@ from typing import Optional
 
 
 def _add_bench(sub) -> None:
-    bench = sub.add_parser(
-        "bench",
-        help="time eager, torch.compile and qa_kernels' kernels here; table, CSV, plot",
-        description="Times each provider in each mode at each shape and dtype, interleaving the "
-        "providers, and prints the median time [p20, p80], the speed-up over eager, the achieved GB/s "
-        "and its fraction of the device's copy bandwidth (measured in the same run), the peak memory "
-        "(CUDA) and the largest error against a float64 reference. With no options: the suite's "
-        "default shapes, every mode, every provider available on the device.",
-    )
     from .bench import SUITES
 
+    def per_suite(describe) -> str:
+        return "; ".join(f"{name}: {describe(suite)}" for name, suite in SUITES.items())
+
+    bench = sub.add_parser(
+        "bench",
+        help="time eager, torch.compile, transformers and qa_kernels' kernels here; table, CSV, plot",
+        description="Times each provider in each mode at each shape and dtype, interleaving the "
+        "providers, and prints the median time [p20, p80], the speed-up over the suite's baseline "
+        f"({per_suite(lambda s: s.baseline)}), the achieved GB/s and its fraction of the device's copy "
+        "bandwidth (measured in the same run), the peak memory (CUDA) and the error against the suite's "
+        "reference. With no options: the suite's default shapes, every mode, every provider available "
+        "on the device.",
+    )
     bench.set_defaults(subparser=bench)  # its usage in the errors about its options
-    bench.add_argument("--suite", choices=sorted(SUITES), default="head", help="what to benchmark (default: head)")
+    bench.add_argument(
+        "--suite", choices=list(SUITES), default="head",
+        help="what to benchmark: head (the QA head) or spans (span decoding; default: head)",
+    )  # fmt: skip
     bench.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available, else cpu")
     bench.add_argument(
         "--shapes", nargs="+", metavar="SHAPE",
-        help="shapes as BxSxH (e.g. 32x384x1024) or preset names (head: bert-base, bert-large); "
-        "default: the presets on CUDA, smaller on CPU",
+        help="the suite's dimensions joined by x, or preset names ("
+        + per_suite(lambda s: f"{'x'.join(s.dims)} e.g. {'x'.join(map(str, next(iter(s.presets.values()))))}, "
+                    f"or {', '.join(s.presets)}")
+        + "); default: the suite's (head: smaller on CPU)",
     )  # fmt: skip
     bench.add_argument(
         "--dtypes", nargs="+", metavar="DTYPE", help="fp32, fp16, bf16 (default: bf16 on CUDA, fp32 on CPU)"
     )
     bench.add_argument(
         "--providers", nargs="+", metavar="PROVIDER",
-        help="eager, compile, triton, native (default: those available; triton on CUDA only)",
+        help=f"{per_suite(lambda s: ', '.join(s.providers))} (default: those available; triton on CUDA only)",
     )  # fmt: skip
-    bench.add_argument("--modes", nargs="+", metavar="MODE", help="inference, fwd, bwd, fwd+bwd (default: all)")
+    bench.add_argument(
+        "--modes", nargs="+", metavar="MODE", help=f"{per_suite(lambda s: ', '.join(s.modes))} (default: all)"
+    )
     bench.add_argument(
         "--warmup-ms", type=float, metavar="MS", help="warm-up per case (default: 25 on CUDA, 30 on CPU)"
     )

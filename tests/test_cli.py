@@ -11,7 +11,7 @@ import torch
 
 from qa_kernels import backend as qa_backend
 from qa_kernels import cli
-from qa_kernels.bench import harness
+from qa_kernels.bench import harness, spans
 from qa_kernels.bench.head import HeadSuite, moved_bytes
 
 REQUIRED_COLUMNS = {
@@ -105,6 +105,10 @@ def test_csv_round_trip(tmp_path):
         (["--threads", "0"], "--threads"),
         (["--plot-metric", "flops"], "--plot-metric"),
         (["--suite", "nope"], "--suite"),
+        (["--suite", "spans", "--shapes", "2x16x32"], "--shapes"),  # three dimensions for two
+        (["--suite", "spans", "--shapes", "bert-base"], "--shapes"),  # the head's preset
+        (["--suite", "spans", "--modes", "fwd"], "--modes"),
+        (["--suite", "spans", "--providers", "eager"], "--providers"),
     ],
 )
 def test_bad_options_name_the_option(argv, option, capsys):
@@ -184,3 +188,90 @@ def test_e2e_script_runs_a_tiny_bert(tmp_path, capsys):
     (row,) = _read(tmp_path / "e.csv")
     assert row["model"] == "tiny" and float(row["step_eager_ms"]) > 0 and float(row["head_fused_ms"]) > 0
     assert "head share" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------------
+# The spans suite: transformers' per-feature decoding against decode_spans
+
+
+def test_spans_bench_writes_table_and_csv(tmp_path, capsys):
+    out_csv = tmp_path / "spans.csv"
+    argv = ["bench", "--suite", "spans", "--shapes", "3x16", "5x48", *TINY, "--csv", str(out_csv)]
+    assert cli.main(argv) == 0
+
+    printed = capsys.readouterr().out
+    assert "qa-kernels bench (spans)" in printed and "vs transformers" in printed
+    rows = _read(out_csv)
+    assert list(rows[0]) == harness.columns(spans.SpansSuite())
+    assert {"F", "S", "speedup_vs_transformers"} <= set(rows[0]) and not {"B", "H", "speedup_vs_eager"} & set(rows[0])
+    providers = spans.SpansSuite().default_providers("cpu")
+    assert providers[:2] == ["transformers", "torch"] and "triton" not in providers
+    got = [(r["F"], r["S"], r["mode"], r["provider"]) for r in rows]
+    assert got == [(F, S, "decode", p) for F, S in (("3", "16"), ("5", "48")) for p in providers]
+    for r in rows:
+        assert r["suite"] == "spans" and r["dtype"] == "fp32"
+        assert 0 < float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"])
+        assert float(r["moved_mb"]) * 1e6 == spans.moved_bytes("decode", (int(r["F"]), int(r["S"])), "fp32")
+        assert float(r["max_err"]) == 0.0, r  # every feature's best span is transformers'
+        if r["provider"] == "transformers":
+            assert float(r["speedup_vs_transformers"]) == 1.0
+
+
+def test_spans_bench_every_provider_here(tmp_path):
+    """Every provider that can run here (triton under the interpreter, native when built) agrees
+    with transformers on every feature's best span, fp32 and bf16 logits alike."""
+    suite = spans.SpansSuite()
+    providers = [p for p in suite.providers if suite.unavailable(p, "cpu") is None]
+    out_csv = tmp_path / "r.csv"
+    argv = ["bench", "--suite", "spans", "--shapes", "3x16", "--dtypes", "fp32", "bf16", "--providers", *providers]
+    assert cli.main([*argv, *TINY, "--csv", str(out_csv)]) == 0
+    rows = _read(out_csv)
+    assert [(r["dtype"], r["provider"]) for r in rows] == [(d, p) for d in ("fp32", "bf16") for p in providers]
+    for r in rows:
+        assert float(r["max_err"]) == 0.0, r
+
+
+@pytest.mark.parametrize("seq_len", [1, 2, 3, 5, 16, 41, 384])
+def test_spans_features_have_a_context(seq_len):
+    """Every feature has at least one context token, after CLS (token 0) when there is room."""
+    features = spans.make_features(8, seq_len, generator=torch.Generator().manual_seed(0))
+    assert features.start.shape == features.end.shape == features.context.shape == (8, seq_len)
+    assert features.context.any(dim=1).all()
+    if seq_len >= 3:
+        assert not features.context[:, 0].any()
+
+
+def test_spans_error_is_the_fraction_of_features_whose_best_span_differs(monkeypatch):
+    real = spans.decode_spans
+
+    def off_on_two_features(*args, **kwargs):
+        out = real(*args, **kwargs)
+        starts = out.starts.clone()
+        starts[1:3, 0] += 1
+        return out._replace(starts=starts)
+
+    monkeypatch.setattr(spans, "decode_spans", off_on_two_features)
+    work = spans.SpansSuite().workload((4, 16), "fp32", "cpu", ["transformers", "torch"], cache_bytes=0)
+    try:
+        assert work.max_error("transformers", "decode") == 0.0
+        assert work.max_error("torch", "decode") == 0.5
+    finally:
+        work.close()
+
+
+def test_spans_byte_counts():
+    # fp32, F=64, S=384: the two logits, the bool mask, the (F, 20) int64/int64/float32 outputs and the
+    # (F,) null scores.
+    assert spans.moved_bytes("decode", (64, 384), "fp32") == 2 * 64 * 384 * 4 + 64 * 384 + 64 * (20 * 20 + 4)
+    assert spans.moved_bytes("decode", (64, 384), "bf16") == 2 * 64 * 384 * 2 + 64 * 384 + 64 * 404
+    with pytest.raises(ValueError, match="unknown mode"):
+        spans.moved_bytes("fwd", (64, 384), "fp32")
+
+
+def test_spans_script_is_the_cli_suite(tmp_path, capsys):
+    bench_spans = _load_script("bench_spans")
+    out_csv = tmp_path / "s.csv"
+    argv = ["--shapes", "2x16", "--providers", "transformers", "torch", *TINY, "--csv", str(out_csv)]
+    assert bench_spans.main(argv) == 0
+    assert "qa-kernels bench --suite spans --warmup-ms 100 --rep-ms 1000 --shapes 2x16" in capsys.readouterr().out
+    assert [r["provider"] for r in _read(out_csv)] == ["transformers", "torch"]

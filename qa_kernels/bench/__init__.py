@@ -1,4 +1,7 @@
-"""``qa-kernels bench``: benchmark suites over eager PyTorch, torch.compile and qa_kernels' kernels.
+"""``qa-kernels bench``: benchmark suites, qa_kernels' kernels against what users have.
+
+  head   the QA head: eager PyTorch, torch.compile of it, the Triton and native kernels
+  spans  span decoding: transformers' per-feature numpy, decode_spans' torch, native and Triton kernels
 
 Each suite (one module here) says what to run; :mod:`.harness` times it, checks its error, and writes
 the table, the CSV and the plot. Adding a suite is a module with a class following
@@ -9,8 +12,9 @@ from __future__ import annotations
 
 from .harness import Environment, Suite, Timer, environment, format_table, plot, read_csv, run, write_csv
 from .head import HeadSuite
+from .spans import SpansSuite
 
-SUITES: dict[str, Suite] = {"head": HeadSuite()}
+SUITES: dict[str, Suite] = {"head": HeadSuite(), "spans": SpansSuite()}
 
 __all__ = [
     "SUITES",
