@@ -87,7 +87,8 @@ class WorkQueue {
 // inlined into the multiversioned wrappers, so each wrapper is compiled once per ISA.
 // ------------------------------------------------------------------------------------------------
 #define QA_INLINE inline __attribute__((always_inline))
-// A 64-byte vector returned by value changes the ABI below AVX-512: only ever inlined here.
+// A 64-byte vector returned by value changes the ABI below AVX-512 (-Wpsabi): these helpers are
+// only ever inlined, and take vectors by reference.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 using vu16 = uint16_t __attribute__((vector_size(kLanes * sizeof(uint16_t))));
@@ -106,9 +107,9 @@ QA_INLINE vfloat load_vec(const uint16_t* p) {  // bf16 -> fp32: exact, a shift
   std::memcpy(&v, &bits, sizeof(v));
   return v;
 }
-QA_INLINE void store_vec(float* p, vfloat v) { std::memcpy(p, &v, sizeof(v)); }
+QA_INLINE void store_vec(float* p, const vfloat& v) { std::memcpy(p, &v, sizeof(v)); }
 // fp32 -> bf16: round to nearest even, NaN -> 0x7FC0: bit for bit c10::BFloat16(float).
-QA_INLINE void store_vec(uint16_t* p, vfloat v) {
+QA_INLINE void store_vec(uint16_t* p, const vfloat& v) {
   vu32 u;
   std::memcpy(&u, &v, sizeof(u));
   vu32 rounded = (u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16;
