@@ -7,17 +7,17 @@
 // which run far below memory bandwidth.
 //
 // Structure:
-//   micro-kernels   fp32 only, on kRows token rows at a time (each weight vector load serves kRows
-//                   rows, each hidden load serves both sides), written with GCC/Clang vector
-//                   extensions and compiled for AVX-512, AVX2+FMA and baseline x86-64
-//                   (target_clones: the loader picks one per machine).
-//   row loaders     bf16 / fp16 / strided / autocast-rounded rows go through a small fp32 scratch
-//                   tile first (bf16 with vectorized bit conversions, fp16 through c10::Half);
-//                   fp32 contiguous rows are read in place.
-//   drivers         threads take fixed items of token rows from a shared counter; the backward's grad_weight partials are per
-//                   fixed chunk of kChunkRows rows and are summed in chunk order, so the result is
-//                   bitwise identical across runs and thread counts. grad_hidden, a fresh 4 B S H
-//                   bytes, is allocated with huge-page advice (see empty_large_output).
+//   micro-kernels   on kRows token rows at a time (each weight vector load serves kRows rows, each
+//                   hidden load serves both sides), fp32 math on fp32 or raw-bf16 rows, written
+//                   with GCC/Clang vector extensions and compiled for AVX-512, AVX2+FMA and
+//                   baseline x86-64 (target_clones: the loader picks one per machine).
+//   row loaders     fp16 / strided / autocast-rounded rows go through a small fp32 scratch tile;
+//                   contiguous fp32 and bf16 rows are read (and their gradients written) in place.
+//   drivers         threads take fixed items of token rows from a shared counter; the backward's
+//                   grad_weight partials are per fixed chunk of kChunkRows rows, summed in chunk
+//                   order, so the result is bitwise identical across runs and thread counts.
+//                   grad_hidden comes from a one-slot cache of huge-page-advised buffers (see
+//                   LargeOutputCache).
 #include "qa_head.h"
 
 #include <ATen/ATen.h>
@@ -27,8 +27,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <mutex>
+#include <string>
+#include <utility>
 #include <vector>
 
 #if defined(__linux__)
@@ -375,25 +379,74 @@ class HiddenRows {
   bool in_place_;
 };
 
-// A fresh output of B*S*H elements is written exactly once, and its first touch dominates the
-// backward's cost: one page fault (and a zeroed 4 KiB page) per 4 KiB, 12800 faults for bert-large's
-// 50 MB grad_hidden, measured here at 3x the cost of the writes themselves. On Linux we advise
-// transparent huge pages for the untouched buffer (what torch's THP_MEM_ALLOC_ENABLE=1 does for
-// every allocation): 2 MiB per fault. Harmless where THP is off; no effect on the values.
-at::Tensor empty_large_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor out = at::empty(sizes, options);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHugePage = uintptr_t{2} << 20;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(out.data_ptr());
-  const uintptr_t end = begin + out.nbytes();
-  const uintptr_t aligned_begin = (begin + kHugePage - 1) & ~(kHugePage - 1);
-  const uintptr_t aligned_end = end & ~(kHugePage - 1);
-  if (aligned_end > aligned_begin) {
-    madvise(reinterpret_cast<void*>(aligned_begin), aligned_end - aligned_begin, MADV_HUGEPAGE);  // advice only
+// grad_hidden, B*S*H elements written exactly once, is the backward's one big allocation, and on
+// CPU its first touch costs more than the writes themselves: glibc serves blocks over 32 MiB with
+// a fresh mmap every time, so each step page-faults in (and the kernel zeroes) the whole buffer,
+// 12800 faults for bert-large's 50 MB; measured here at ~2x the cost of the writes. Two remedies:
+//  * huge pages: on Linux the buffer is advised MADV_HUGEPAGE before its first touch (what torch's
+//    THP_MEM_ALLOC_ENABLE=1 does for every allocation): 2 MiB per fault;
+//  * a one-slot cache: when a grad_hidden tensor is freed (in training, as soon as the layer below
+//    has consumed it), its buffer is kept for the next backward of the same size, like the CUDA
+//    caching allocator does. At most one buffer is held (the largest seen); QA_KERNELS_CPU_CACHE=0
+//    turns it off. A buffer is only reused after its tensor is gone: no aliasing.
+class LargeOutputCache {
+ public:
+  static constexpr size_t kMinBytes = size_t{4} << 20;  // smaller blocks come from malloc's heap
+  static constexpr size_t kHugePage = size_t{2} << 20;
+
+  static LargeOutputCache& instance() {
+    static LargeOutputCache* cache = new LargeOutputCache();  // leaked: tensors may outlive statics
+    return *cache;
   }
+
+  at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * options.dtype().itemsize();
+    if (bytes < kMinBytes) return at::empty(sizes, options);
+    void* data = take(bytes);
+    if (data == nullptr) data = allocate(bytes);
+    return at::from_blob(
+        data, sizes, [this, bytes](void* p) { give_back(p, bytes); }, options);
+  }
+
+ private:
+  LargeOutputCache() {
+    const char* env = std::getenv("QA_KERNELS_CPU_CACHE");
+    enabled_ = env == nullptr || std::string(env) != "0";
+  }
+
+  static void* allocate(size_t bytes) {
+    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;  // aligned_alloc's rule
+    void* data = std::aligned_alloc(kHugePage, rounded);
+    TORCH_CHECK(data != nullptr, "qa_head_bwd: out of memory allocating ", bytes, " bytes for grad_hidden");
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    madvise(data, rounded, MADV_HUGEPAGE);  // advice only: harmless where THP is off
 #endif
-  return out;
-}
+    return data;
+  }
+
+  void* take(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (cached_ == nullptr || cached_bytes_ != bytes) return nullptr;
+    return std::exchange(cached_, nullptr);
+  }
+
+  void give_back(void* data, size_t bytes) {
+    void* evicted = data;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (enabled_ && bytes >= cached_bytes_) {  // keep the largest: the training-step size
+        evicted = std::exchange(cached_, data);
+        cached_bytes_ = bytes;
+      }
+    }
+    std::free(evicted);
+  }
+
+  std::mutex mutex_;
+  void* cached_ = nullptr;
+  size_t cached_bytes_ = 0;
+  bool enabled_ = true;
+};
 
 // weight (2, H) or bias (2,) rounded to the mm dtype, as a contiguous fp32 tensor.
 at::Tensor as_mm_fp32(const at::Tensor& t, at::ScalarType mm) {
@@ -693,7 +746,7 @@ BwdOutputs qa_head_bwd_cpu(const std::optional<at::Tensor>& grad_start,  // (B, 
   const at::ScalarType mm = mm_dtype(hidden, weight, cast_dtype);
   const at::TensorOptions f32 = hidden.options().dtype(at::kFloat);
 
-  at::Tensor grad_hidden = needs_grad_hidden ? empty_large_output({B, S, H}, hidden.options()) : empty_output(hidden);
+  at::Tensor grad_hidden = needs_grad_hidden ? LargeOutputCache::instance().empty({B, S, H}, hidden.options()) : empty_output(hidden);
   at::Tensor partial_w = needs_grad_weight ? at::empty({num_chunks, 2, H}, f32) : at::Tensor();
   at::Tensor partial_b = needs_grad_bias ? at::empty({num_chunks, 2}, f32) : at::Tensor();
   if (needs_grad_hidden || needs_grad_weight || needs_grad_bias) {

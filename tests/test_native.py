@@ -195,3 +195,29 @@ def test_cuda_sources_compile(tmp_path):
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, f"nvcc failed on {source}:\n{done.stderr[-4000:]}"
         assert obj.stat().st_size > 0
+
+
+@requires_native
+@pytest.mark.skipif(os.environ.get("QA_KERNELS_CPU_CACHE") == "0", reason="grad_hidden cache turned off")
+def test_grad_hidden_buffer_is_reused_only_after_release():
+    """The backward's one-slot cache for grad_hidden: a buffer comes back only once its tensor is
+    gone, so a live gradient is never overwritten."""
+    B, S, H = 4, 384, 1024  # 6 MiB of fp32: above the cache's 4 MiB floor
+    hidden, weight = torch.randn(B, S, H), torch.randn(2, H) * 0.05
+    ops = torch.ops.qa_kernels_native
+    start_logits, end_logits, _, lse, scale = ops.qa_head_fwd(hidden, weight, None, None, None, None, None, None)
+
+    def grad_hidden(grad_start):  # (B, S) -> (B, S, H) = grad_start[..., None] * weight[0]
+        return ops.qa_head_bwd(grad_start, None, None, hidden, weight, start_logits, end_logits, lse, scale,
+                               None, None, None, True, False, False)[0]  # fmt: skip
+
+    g1, g2 = torch.randn(B, S), torch.randn(B, S)
+    first = grad_hidden(g1)
+    first_ptr = first.data_ptr()
+    second = grad_hidden(g2)  # first is alive: another buffer
+    assert second.data_ptr() != first_ptr
+    del first
+    third = grad_hidden(g1)  # first's buffer, released, comes back
+    assert third.data_ptr() == first_ptr
+    torch.testing.assert_close(second, g2[..., None] * weight[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(third, g1[..., None] * weight[0], rtol=1e-6, atol=1e-6)
