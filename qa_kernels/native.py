@@ -155,12 +155,13 @@ def unavailable_reason() -> str:
 
 def has_device_kernels(device_type: str) -> bool:
     """The loaded extension has kernels for ``device_type`` ("cpu", or "cuda" in a CUDA build)."""
+    return available() and _registered_for(device_type)
+
+
+@functools.cache
+def _registered_for(device_type: str) -> bool:  # asked once the library is loaded: fixed from then on
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return (
-        available()
-        and key is not None
-        and torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::qa_head_fwd", key)
-    )
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::qa_head_fwd", key)
 
 
 def _check_device(hidden: Tensor) -> None:
