@@ -266,16 +266,8 @@ QA_MULTIVERSION void add_rows(float* acc, const float* part, int64_t n) {
 // Row access: fp32 rows in place when possible, else converted into a scratch tile.
 // ------------------------------------------------------------------------------------------------
 
-// bf16 <-> fp32 on raw bits, in loops the compiler vectorizes (c10::BFloat16's scalar
-// conversions do not): bf16 -> fp32 is exact (a shift); fp32 -> bf16 rounds to nearest even with
-// NaN -> 0x7FC0, bit for bit what c10::BFloat16(float) gives.
-QA_MULTIVERSION void bf16_to_float(const uint16_t* src, float* dst, int64_t n) {
-  for (int64_t h = 0; h < n; ++h) {
-    const uint32_t bits = static_cast<uint32_t>(src[h]) << 16;
-    std::memcpy(dst + h, &bits, sizeof(float));
-  }
-}
-
+// fp32 -> bf16 on raw bits, in loops the compiler vectorizes (c10::BFloat16's scalar conversion
+// does not): round to nearest even, NaN -> 0x7FC0, bit for bit what c10::BFloat16(float) gives.
 QA_MULTIVERSION void float_to_bf16(const float* src, uint16_t* dst, int64_t n) {
   for (int64_t h = 0; h < n; ++h) {
     uint32_t u;
@@ -300,11 +292,8 @@ QA_MULTIVERSION void round_through_bf16(const float* src, float* dst, int64_t n)
 // round_to: the autocast dtype the values are rounded to; kFloat (or src's own dtype): none.
 template <typename scalar_t>
 void load_row(const scalar_t* src, int64_t stride, int64_t n, at::ScalarType round_to, float* dst) {
-  constexpr bool kBf16 = std::is_same_v<scalar_t, c10::BFloat16>, kFp32 = std::is_same_v<scalar_t, float>;
   if (round_to == c10::CppTypeToScalarType<scalar_t>::value) round_to = at::kFloat;  // exact
-  if (kBf16 && stride == 1 && round_to == at::kFloat) {
-    bf16_to_float(reinterpret_cast<const uint16_t*>(src), dst, n);
-  } else if (kFp32 && stride == 1 && round_to == at::kBFloat16) {
+  if (std::is_same_v<scalar_t, float> && stride == 1 && round_to == at::kBFloat16) {
     round_through_bf16(reinterpret_cast<const float*>(src), dst, n);
   } else if (round_to == at::kBFloat16) {
     for (int64_t h = 0; h < n; ++h) dst[h] = static_cast<float>(c10::BFloat16(static_cast<float>(src[h * stride])));
