@@ -88,11 +88,15 @@ def _check_interpreter_versions() -> None:
         )
 
 
+def _native() -> ModuleType:
+    from . import native  # imported late: loading it may build the extension
+
+    return native
+
+
 def native_available() -> bool:
     """The C++ extension is loaded (built ahead of time, or just in time on first use)."""
-    from . import native
-
-    return native.available()
+    return _native().available()
 
 
 def resolve(device_type: str) -> str:
@@ -101,7 +105,7 @@ def resolve(device_type: str) -> str:
     if name == "auto":
         if device_type == "cuda" and triton_available():
             return "triton"
-        if device_type == "cpu" and native_available():
+        if device_type == "cpu" and native_available() and _native().has_device_kernels("cpu"):
             return "native"
         return "torch"
     if name == "triton":
@@ -115,9 +119,12 @@ def resolve(device_type: str) -> str:
         if device_type == "cpu":
             _check_interpreter_versions()
     if name == "native" and not native_available():
-        from . import native
-
-        raise RuntimeError(f"QA backend 'native' was requested but {native.unavailable_reason()}")
+        raise RuntimeError(f"QA backend 'native' was requested but {_native().unavailable_reason()}")
+    if name == "native" and not _native().has_device_kernels(device_type):
+        raise RuntimeError(
+            f"QA backend 'native' was requested for {device_type} tensors, but this build of the extension "
+            f"has no {device_type} kernels (CUDA kernels are built only with a CUDA torch and toolkit)"
+        )
     return name
 
 

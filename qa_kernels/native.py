@@ -153,15 +153,25 @@ def unavailable_reason() -> str:
     return reason if reason is not None else "the native extension is available"
 
 
+def has_kernel(op: str, device_type: str) -> bool:
+    """The loaded extension registers ``qa_kernels_native::<op>`` for ``device_type`` ("cpu", or
+    "cuda" in a CUDA build). Other csrc/ files add ops to the namespace (spans.cpp: decode_spans)."""
+    return available() and _registered_for(op, device_type)
+
+
 def has_device_kernels(device_type: str) -> bool:
-    """The loaded extension has kernels for ``device_type`` ("cpu", or "cuda" in a CUDA build)."""
-    return available() and _registered_for(device_type)
+    """The loaded extension has the QA-head kernels for ``device_type``."""
+    return has_kernel("qa_head_fwd", device_type)
 
 
 @functools.cache
-def _registered_for(device_type: str) -> bool:  # asked once the library is loaded: fixed from then on
+def _registered_for(op: str, device_type: str) -> bool:  # asked once the library is loaded: fixed from then on
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::qa_head_fwd", key)
+    return (
+        key is not None
+        and hasattr(getattr(torch.ops, NAMESPACE), op)
+        and torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{op}", key)
+    )
 
 
 def _check_device(hidden: Tensor) -> None:

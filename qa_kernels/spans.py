@@ -33,6 +33,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from . import native
 from .backend import resolve
 
 MAX_SEQUENCE_LENGTH = 65535  # i and j are packed into 16 bits each in the ranking key
@@ -145,23 +146,13 @@ def decode_spans_torch(
 # ----------------------------------------------------------------------------------------------
 
 
-def _native_has_kernel(device_type: str) -> bool:
-    """The loaded extension has csrc/spans.cpp's kernel for this device (CPU only, so far)."""
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return (
-        key is not None
-        and hasattr(torch.ops.qa_kernels_native, "decode_spans")
-        and torch._C._dispatch_has_kernel_for_dispatch_key("qa_kernels_native::decode_spans", key)
-    )
-
-
 def _implementation(device_type: str):
     """The function that decodes on this device; where the chosen backend has no span kernel for
     it (the native extension on CUDA), the torch implementation."""
     name = resolve(device_type)
     if name == "triton":
         from .triton.spans import decode_spans as impl
-    elif name == "native" and _native_has_kernel(device_type):
+    elif name == "native" and native.has_kernel("decode_spans", device_type):
         impl = torch.ops.qa_kernels_native.decode_spans
     else:
         impl = decode_spans_torch

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -269,6 +270,9 @@ def _ddp_worker(rank: int, world_size: int, port: int, result_path: str) -> None
         model(**batch).loss.backward()
         if rank == 0:
             torch.save({k: p.grad for k, p in model.module.named_parameters()}, result_path)
+        # Both ranks past every collective before either tears gloo down (a shutdown racing a
+        # peer's last collective deadlocked once here).
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
@@ -279,9 +283,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+DDP_DEADLINE_S = 300  # a hung process group fails the test instead of hanging CI
+
+
 def test_ddp_two_processes_match_one_process_full_batch(tmp_path):
     result = tmp_path / "ddp_grads.pt"
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(result)), nprocs=2, join=True)
+    workers = mp.spawn(_ddp_worker, args=(2, _free_port(), str(result)), nprocs=2, join=False)
+    deadline = time.monotonic() + DDP_DEADLINE_S
+    while not workers.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in workers.processes:
+                process.kill()
+            pytest.fail(f"the 2-process DDP run did not finish within {DDP_DEADLINE_S} s")
     ddp_grads = torch.load(result)
 
     torch.manual_seed(0)

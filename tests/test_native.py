@@ -221,3 +221,10 @@ def test_grad_hidden_buffer_is_reused_only_after_release():
     assert third.data_ptr() == first_ptr
     torch.testing.assert_close(second, g2[..., None] * weight[0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(third, g1[..., None] * weight[0], rtol=1e-6, atol=1e-6)
+
+
+def test_native_forced_on_a_device_without_its_kernels_is_a_clear_error():
+    if native.has_device_kernels("cuda"):
+        pytest.skip("this build of the extension has CUDA kernels")
+    with qa_kernels.use_backend("native"), pytest.raises(RuntimeError, match="has no cuda kernels"):
+        qa_backend.resolve("cuda")

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from .. import backend as qa_backend
-from ..spans import _native_has_kernel, decode_spans
+from .. import native
+from ..spans import decode_spans
 from .head import DTYPES
 
 TOP_K = 20  # spans per feature
@@ -175,10 +176,8 @@ class SpansSuite:
                 return "triton runs on CUDA; on CPU only under its interpreter (TRITON_INTERPRET=1; slow, for tests)"
         if provider == "native":
             if not qa_backend.native_available():
-                from .. import native
-
                 return native.unavailable_reason()
-            if not _native_has_kernel(device):
+            if not native.has_kernel("decode_spans", device):
                 where = "rebuild it with csrc/spans.cpp" if device == "cpu" else "its span kernel is CPU-only"
                 return f"the loaded native extension has no decode_spans kernel for {device} ({where})"
         return None
