@@ -7,12 +7,13 @@ BIN := $(VENV)/bin
 
 .PHONY: setup run test lint format
 
-# torch is installed first, alone, under constraints.txt (the local CPU wheel): installed later or
-# as a dependency, pip would fetch the newest torch with several GB of CUDA packages.
+# torch is installed first, under constraints.txt (the local CPU wheel): installed later or as a
+# dependency, pip would fetch the newest torch with several GB of CUDA packages. (numpy and ninja
+# with it: setup.py imports torch and builds csrc/ with ninja, without build isolation.)
 $(BIN)/.installed: pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install --quiet -c constraints.txt torch
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch numpy ninja
 	$(BIN)/python -m pip install --quiet -c constraints.txt --no-build-isolation -e ".[test,bench,dev]"
 	touch $@
 
