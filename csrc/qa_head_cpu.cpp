@@ -8,9 +8,10 @@
 //
 // Structure:
 //   micro-kernels   on kRows token rows at a time (each weight vector load serves kRows rows, each
-//                   hidden load serves both sides), fp32 math on fp32 or raw-bf16 rows, written
-//                   with GCC/Clang vector extensions and compiled for AVX-512, AVX2+FMA and
-//                   baseline x86-64 (target_clones: the loader picks one per machine).
+//                   hidden load serves both sides), fp32 math on fp32 or raw-bf16 rows (bf16 as
+//                   even/odd pairs, weights and partials to match), written with GCC/Clang vector
+//                   extensions and compiled for AVX-512, AVX2+FMA and baseline x86-64
+//                   (target_clones: the loader picks one per machine).
 //   row loaders     fp16 / strided / autocast-rounded rows go through a small fp32 scratch tile;
 //                   contiguous fp32 and bf16 rows are read (and their gradients written) in place.
 //   drivers         threads take fixed items of token rows from a shared counter; the backward's
@@ -47,6 +48,7 @@ namespace {
 // ------------------------------------------------------------------------------------------------
 constexpr int64_t kRows = 4;          // token rows per micro-kernel call
 constexpr int64_t kLanes = 16;        // fp32 lanes per vector (one AVX-512 register; two AVX2 ones)
+constexpr int64_t kBlock = 2 * kLanes;  // elements per micro-kernel step: 2 vectors (1 bf16 load)
 constexpr int64_t kChunkRows = 128;   // token rows per grad_weight partial: FIXED, never per-thread
 constexpr int64_t kGrainRows = 64;    // token rows per work item (forward) / per thread (d_logits)
 constexpr int64_t kGrainH = 256;      // fewest features per thread in the partials' reduction
@@ -86,40 +88,70 @@ class WorkQueue {
 };
 
 // ------------------------------------------------------------------------------------------------
-// Micro-kernels. Rows are fp32 or raw bf16 bits (uint16_t); the math is fp32 either way. Vectors
-// are loaded and stored with memcpy: unaligned, no aliasing games. The *_impl templates are
-// inlined into the multiversioned wrappers, so each wrapper is compiled once per ISA.
+// Micro-kernels. Rows are fp32 or raw bf16 bits (uint16_t); the math is fp32 either way. A row is
+// read kBlock elements at a time, as two fp32 vectors:
+//   fp32 rows  elements [h, h + kLanes) and [h + kLanes, h + kBlock): two loads;
+//   bf16 rows  ONE 64-byte load of kBlock bf16, taken as kLanes 32-bit pairs: the even elements are
+//              pair << 16 and the odd ones pair & 0xFFFF0000 (exact; one in-lane op per vector).
+//              Widening 16 bf16 into 16 fp32 lanes instead is a lane-crossing shuffle that GCC
+//              splits in four shuffle-port uops (its x86-64-v4 tuning prefers 256-bit vectors):
+//              measured, that made the bf16 backward slower than the fp32 one.
+// The (H,) fp32 vectors a row meets (weights, grad_weight partials) come in the row's layout:
+// natural for fp32 rows, paired (to_paired) for bf16 rows. Vectors are loaded and stored with
+// memcpy: unaligned, no aliasing games. Row pointers and per-row scalars are copied into locals
+// first: the gradient stores could alias the caller's arrays, and the compiler would reload them.
+// The *_impl templates are inlined into the multiversioned wrappers, so each wrapper is compiled
+// once per ISA.
 // ------------------------------------------------------------------------------------------------
 #define QA_INLINE inline __attribute__((always_inline))
 // A 64-byte vector returned by value changes the ABI below AVX-512 (-Wpsabi): these helpers are
 // only ever inlined, and take vectors by reference.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-using vu16 = uint16_t __attribute__((vector_size(kLanes * sizeof(uint16_t))));
 using vu32 = uint32_t __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+
+// Rows of element type X pair their (H,) fp32 vectors in blocks: see to_paired.
+template <typename X>
+constexpr bool kPaired = std::is_same_v<X, uint16_t>;
 
 QA_INLINE vfloat load_vec(const float* p) {
   vfloat v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-QA_INLINE vfloat load_vec(const uint16_t* p) {  // bf16 -> fp32: exact, a shift
-  vu16 raw;
-  std::memcpy(&raw, p, sizeof(raw));
-  const vu32 bits = __builtin_convertvector(raw, vu32) << 16;
+QA_INLINE void store_vec(float* p, const vfloat& v) { std::memcpy(p, &v, sizeof(v)); }
+QA_INLINE vfloat bits_to_vfloat(const vu32& bits) {
   vfloat v;
   std::memcpy(&v, &bits, sizeof(v));
   return v;
 }
-QA_INLINE void store_vec(float* p, const vfloat& v) { std::memcpy(p, &v, sizeof(v)); }
-// fp32 -> bf16: round to nearest even, NaN -> 0x7FC0: bit for bit c10::BFloat16(float).
-QA_INLINE void store_vec(uint16_t* p, const vfloat& v) {
+// fp32 -> bf16: round to nearest even, NaN -> 0x7FC0: bit for bit c10::BFloat16(float). The bf16
+// is the high half of each returned lane.
+QA_INLINE vu32 bf16_in_high_half(const vfloat& v) {
   vu32 u;
   std::memcpy(&u, &v, sizeof(u));
-  vu32 rounded = (u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16;
-  rounded = v != v ? vu32{} + 0x7FC0u : rounded;
-  const vu16 out = __builtin_convertvector(rounded, vu16);
-  std::memcpy(p, &out, sizeof(out));
+  const vu32 rounded = u + (((u >> 16) & 1u) + 0x7FFFu);
+  return v != v ? vu32{} + 0x7FC00000u : rounded;
+}
+
+// v[0], v[1] = the block of kBlock elements at p, in its layout (natural, or even | odd for bf16).
+QA_INLINE void load_block(const float* p, vfloat (&v)[2]) {
+  v[0] = load_vec(p);
+  v[1] = load_vec(p + kLanes);
+}
+QA_INLINE void load_block(const uint16_t* p, vfloat (&v)[2]) {  // bf16 -> fp32: exact
+  vu32 pairs;
+  std::memcpy(&pairs, p, sizeof(pairs));
+  v[0] = bits_to_vfloat(pairs << 16);
+  v[1] = bits_to_vfloat(pairs & 0xFFFF0000u);
+}
+QA_INLINE void store_block(float* p, const vfloat (&v)[2]) {
+  store_vec(p, v[0]);
+  store_vec(p + kLanes, v[1]);
+}
+QA_INLINE void store_block(uint16_t* p, const vfloat (&v)[2]) {  // even bf16 low, odd bf16 high
+  const vu32 pairs = (bf16_in_high_half(v[0]) >> 16) | (bf16_in_high_half(v[1]) & 0xFFFF0000u);
+  std::memcpy(p, &pairs, sizeof(pairs));
 }
 QA_INLINE float load_one(const float* p) { return *p; }
 QA_INLINE float load_one(const uint16_t* p) {
@@ -136,19 +168,27 @@ QA_INLINE void store_one(uint16_t* p, float v) {
 }
 
 // out0[r] = sum_h x[r][h] * w0[h],   out1[r] = sum_h x[r][h] * w1[h]        for r < kRows
-// kLanes running sums per (row, side), added lane 0..kLanes-1 then the tail: a fixed order.
+// (w0, w1 in the rows' layout.) kLanes running sums per (row, side), each taking its two elements
+// of every block in turn; added lane 0..kLanes-1, then the tail: a fixed order.
 template <typename X>
-QA_INLINE void dot2_rows_impl(const X* const* x,  // kRows pointers to rows of H elements
+QA_INLINE void dot2_rows_impl(const X* const* x_rows,  // kRows pointers to rows of H elements
                               const float* w0, const float* w1,  // (H,) each
                               int64_t H, float* out0, float* out1) {  // (kRows,) each
+  const X* x[kRows];
+  std::copy(x_rows, x_rows + kRows, x);
   vfloat acc0[kRows] = {}, acc1[kRows] = {};
   int64_t h = 0;
-  for (; h + kLanes <= H; h += kLanes) {
-    const vfloat v0 = load_vec(w0 + h), v1 = load_vec(w1 + h);
+  for (; h + kBlock <= H; h += kBlock) {
+    vfloat v0[2], v1[2];
+    load_block(w0 + h, v0);
+    load_block(w1 + h, v1);
     for (int64_t r = 0; r < kRows; ++r) {
-      const vfloat xv = load_vec(x[r] + h);
-      acc0[r] += xv * v0;
-      acc1[r] += xv * v1;
+      vfloat xv[2];
+      load_block(x[r] + h, xv);
+      for (int i = 0; i < 2; ++i) {
+        acc0[r] += xv[i] * v0[i];
+        acc1[r] += xv[i] * v1[i];
+      }
     }
   }
   for (int64_t r = 0; r < kRows; ++r) {
@@ -166,36 +206,56 @@ QA_INLINE void dot2_rows_impl(const X* const* x,  // kRows pointers to rows of H
   }
 }
 
-// g[r][h] = d0[r] * w0[h] + d1[r] * w1[h]                                    for r < kRows
+// g[r][h] = d0[r] * w0[h] + d1[r] * w1[h]                      for r < kRows (w0, w1 in g's layout)
 template <typename G>
-QA_INLINE void grad_hidden_rows_impl(G* const* g,  // kRows pointers to rows of H elements
-                                     const float* d0, const float* d1,  // (kRows,) each
+QA_INLINE void grad_hidden_rows_impl(G* const* g_rows,  // kRows pointers to rows of H elements
+                                     const float* d0_rows, const float* d1_rows,  // (kRows,) each
                                      const float* w0, const float* w1, int64_t H) {  // (H,) each
+  G* g[kRows];
+  float d0[kRows], d1[kRows];
+  std::copy(g_rows, g_rows + kRows, g);
+  std::copy(d0_rows, d0_rows + kRows, d0);
+  std::copy(d1_rows, d1_rows + kRows, d1);
   int64_t h = 0;
-  for (; h + kLanes <= H; h += kLanes) {
-    const vfloat v0 = load_vec(w0 + h), v1 = load_vec(w1 + h);
-    for (int64_t r = 0; r < kRows; ++r) store_vec(g[r] + h, d0[r] * v0 + d1[r] * v1);
+  for (; h + kBlock <= H; h += kBlock) {
+    vfloat v0[2], v1[2];
+    load_block(w0 + h, v0);
+    load_block(w1 + h, v1);
+    for (int64_t r = 0; r < kRows; ++r) {
+      const vfloat gv[2] = {d0[r] * v0[0] + d1[r] * v1[0], d0[r] * v0[1] + d1[r] * v1[1]};
+      store_block(g[r] + h, gv);
+    }
   }
   for (; h < H; ++h) {
     for (int64_t r = 0; r < kRows; ++r) store_one(g[r] + h, d0[r] * w0[h] + d1[r] * w1[h]);
   }
 }
 
-// pw0[h] += sum_r d0[r] * x[r][h],   pw1[h] += sum_r d1[r] * x[r][h]         (r ascending)
+// pw0[h] += sum_r d0[r] * x[r][h],   pw1[h] += sum_r d1[r] * x[r][h]   (r ascending; pw in x's layout)
 template <typename X>
-QA_INLINE void grad_weight_rows_impl(const X* const* x,  // kRows pointers to rows of H elements
-                                     const float* d0, const float* d1,  // (kRows,) each
+QA_INLINE void grad_weight_rows_impl(const X* const* x_rows,  // kRows pointers to rows of H elements
+                                     const float* d0_rows, const float* d1_rows,  // (kRows,) each
                                      float* pw0, float* pw1, int64_t H) {  // (H,) each, fp32 partials
+  const X* x[kRows];
+  float d0[kRows], d1[kRows];
+  std::copy(x_rows, x_rows + kRows, x);
+  std::copy(d0_rows, d0_rows + kRows, d0);
+  std::copy(d1_rows, d1_rows + kRows, d1);
   int64_t h = 0;
-  for (; h + kLanes <= H; h += kLanes) {
-    vfloat p0 = load_vec(pw0 + h), p1 = load_vec(pw1 + h);
+  for (; h + kBlock <= H; h += kBlock) {
+    vfloat p0[2], p1[2];
+    load_block(pw0 + h, p0);
+    load_block(pw1 + h, p1);
     for (int64_t r = 0; r < kRows; ++r) {
-      const vfloat xv = load_vec(x[r] + h);
-      p0 += d0[r] * xv;
-      p1 += d1[r] * xv;
+      vfloat xv[2];
+      load_block(x[r] + h, xv);
+      for (int i = 0; i < 2; ++i) {
+        p0[i] += d0[r] * xv[i];
+        p1[i] += d1[r] * xv[i];
+      }
     }
-    store_vec(pw0 + h, p0);
-    store_vec(pw1 + h, p1);
+    store_block(pw0 + h, p0);
+    store_block(pw1 + h, p1);
   }
   for (; h < H; ++h) {
     for (int64_t r = 0; r < kRows; ++r) {
@@ -208,22 +268,36 @@ QA_INLINE void grad_weight_rows_impl(const X* const* x,  // kRows pointers to ro
 // Both of the above in one sweep over h (a copy-like pattern: each hidden vector read and each
 // gradient vector written once, side by side; measured faster than two sweeps per block).
 template <typename X, typename G>
-QA_INLINE void grad_rows_fused_impl(const X* const* x, G* const* g,  // kRows rows of H elements each
-                                    const float* d0, const float* d1,  // (kRows,) each
+QA_INLINE void grad_rows_fused_impl(const X* const* x_rows, G* const* g_rows,  // kRows rows of H elements each
+                                    const float* d0_rows, const float* d1_rows,  // (kRows,) each
                                     const float* w0, const float* w1,  // (H,) each
                                     float* pw0, float* pw1, int64_t H) {  // (H,) each, fp32 partials
+  const X* x[kRows];
+  G* g[kRows];
+  float d0[kRows], d1[kRows];
+  std::copy(x_rows, x_rows + kRows, x);
+  std::copy(g_rows, g_rows + kRows, g);
+  std::copy(d0_rows, d0_rows + kRows, d0);
+  std::copy(d1_rows, d1_rows + kRows, d1);
   int64_t h = 0;
-  for (; h + kLanes <= H; h += kLanes) {
-    const vfloat v0 = load_vec(w0 + h), v1 = load_vec(w1 + h);
-    vfloat p0 = load_vec(pw0 + h), p1 = load_vec(pw1 + h);
+  for (; h + kBlock <= H; h += kBlock) {
+    vfloat v0[2], v1[2], p0[2], p1[2];
+    load_block(w0 + h, v0);
+    load_block(w1 + h, v1);
+    load_block(pw0 + h, p0);
+    load_block(pw1 + h, p1);
     for (int64_t r = 0; r < kRows; ++r) {
-      const vfloat xv = load_vec(x[r] + h);
-      store_vec(g[r] + h, d0[r] * v0 + d1[r] * v1);
-      p0 += d0[r] * xv;
-      p1 += d1[r] * xv;
+      vfloat xv[2];
+      load_block(x[r] + h, xv);
+      const vfloat gv[2] = {d0[r] * v0[0] + d1[r] * v1[0], d0[r] * v0[1] + d1[r] * v1[1]};
+      store_block(g[r] + h, gv);
+      for (int i = 0; i < 2; ++i) {
+        p0[i] += d0[r] * xv[i];
+        p1[i] += d1[r] * xv[i];
+      }
     }
-    store_vec(pw0 + h, p0);
-    store_vec(pw1 + h, p1);
+    store_block(pw0 + h, p0);
+    store_block(pw1 + h, p1);
   }
   for (; h < H; ++h) {
     for (int64_t r = 0; r < kRows; ++r) {
@@ -260,6 +334,44 @@ QA_MICRO_KERNELS(uint16_t)
 // acc[h] += part[h]   (the partials' reduction, one chunk at a time, in chunk order)
 QA_MULTIVERSION void add_rows(float* acc, const float* part, int64_t n) {
   for (int64_t h = 0; h < n; ++h) acc[h] += part[h];
+}
+
+// The paired layout of an (H,) fp32 vector, which the bf16 micro-kernels combine with bf16 rows:
+// in each full block [b, b + kBlock), the even-indexed elements, then the odd-indexed ones
+//   paired[b + j] = v[b + 2 j],   paired[b + kLanes + j] = v[b + 2 j + 1]          (j < kLanes)
+// and the elements past the last full block where they are.
+void to_paired(const float* v, int64_t H, float* paired) {
+  int64_t b = 0;
+  for (; b + kBlock <= H; b += kBlock) {
+    for (int64_t j = 0; j < kLanes; ++j) {
+      paired[b + j] = v[b + 2 * j];
+      paired[b + kLanes + j] = v[b + 2 * j + 1];
+    }
+  }
+  std::copy(v + b, v + H, paired + b);
+}
+void from_paired(const float* paired, int64_t H, float* v) {
+  int64_t b = 0;
+  for (; b + kBlock <= H; b += kBlock) {
+    for (int64_t j = 0; j < kLanes; ++j) {
+      v[b + 2 * j] = paired[b + j];
+      v[b + 2 * j + 1] = paired[b + kLanes + j];
+    }
+  }
+  std::copy(paired + b, paired + H, v + b);
+}
+
+// The weights (2, H) fp32 in the layout of rows of type R: w itself, or a paired copy in storage.
+template <typename R>
+const float* weights_for_rows(const float* w, int64_t H, std::vector<float>& storage) {
+  if constexpr (kPaired<R>) {
+    storage.resize(2 * H);
+    to_paired(w, H, storage.data());
+    to_paired(w + H, H, storage.data() + H);
+    return storage.data();
+  } else {
+    return w;
+  }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -375,13 +487,17 @@ class HiddenRows {
 //  * huge pages: on Linux the buffer is advised MADV_HUGEPAGE before its first touch (what torch's
 //    THP_MEM_ALLOC_ENABLE=1 does for every allocation): 2 MiB per fault;
 //  * a one-slot cache: when a grad_hidden tensor is freed (in training, as soon as the layer below
-//    has consumed it), its buffer is kept for the next backward of the same size, like the CUDA
-//    caching allocator does. At most one buffer is held (the largest seen); QA_KERNELS_CPU_CACHE=0
-//    turns it off. A buffer is only reused after its tensor is gone: no aliasing.
+//    has consumed it), its buffer is kept for the next backward, like the CUDA caching allocator
+//    does. At most one buffer is held (the largest seen); it serves any request of at least half
+//    its size (kMinFill), so that the largest does not lock out a smaller steady size: bf16 steps
+//    after fp32 ones of the same shape (25 of 50 MB) faulted their buffer in afresh every step,
+//    which cost more than the bf16 kernels themselves. QA_KERNELS_CPU_CACHE=0 turns it off. A
+//    buffer is only reused after its tensor is gone: no aliasing.
 class LargeOutputCache {
  public:
   static constexpr size_t kMinBytes = size_t{4} << 20;  // smaller blocks come from malloc's heap
   static constexpr size_t kHugePage = size_t{2} << 20;
+  static constexpr size_t kMinFill = 2;  // the cached buffer serves requests of >= 1/kMinFill its size
 
   static LargeOutputCache& instance() {
     static LargeOutputCache* cache = new LargeOutputCache();  // leaked: tensors may outlive statics
@@ -391,10 +507,13 @@ class LargeOutputCache {
   at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
     const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * options.dtype().itemsize();
     if (bytes < kMinBytes) return at::empty(sizes, options);
-    void* data = take(bytes);
-    if (data == nullptr) data = allocate(bytes);
+    auto [data, capacity] = take(bytes);
+    if (data == nullptr) {
+      data = allocate(bytes);
+      capacity = bytes;
+    }
     return at::from_blob(
-        data, sizes, [this, bytes](void* p) { give_back(p, bytes); }, options);
+        data, sizes, [this, capacity = capacity](void* p) { give_back(p, capacity); }, options);
   }
 
  private:
@@ -413,13 +532,14 @@ class LargeOutputCache {
     return data;
   }
 
-  void* take(size_t bytes) {
+  // The cached buffer and its capacity when it can hold `bytes` without wasting most of itself.
+  std::pair<void*, size_t> take(size_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (cached_ == nullptr || cached_bytes_ != bytes) return nullptr;
-    return std::exchange(cached_, nullptr);
+    if (cached_ == nullptr || bytes > cached_bytes_ || bytes * kMinFill < cached_bytes_) return {nullptr, 0};
+    return {std::exchange(cached_, nullptr), cached_bytes_};
   }
 
-  void give_back(void* data, size_t bytes) {
+  void give_back(void* data, size_t bytes) {  // bytes: the buffer's capacity
     void* evicted = data;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -457,6 +577,8 @@ void logits_cpu(const at::Tensor& hidden,  // (B, S, H)
   using raw_t = typename HiddenRows<scalar_t>::raw_t;
   auto run = [&](auto row_type) {  // R: the element type the micro-kernel reads
     using R = decltype(row_type);
+    std::vector<float> w_storage;
+    const float* wr = weights_for_rows<R>(w, H, w_storage);
     WorkQueue queue(ceil_div(N, kGrainRows));
     at::parallel_for(0, queue.workers(), 1, [&](int64_t, int64_t) {
       std::vector<float> scratch(rows_of.in_place() ? 0 : kRows * H);
@@ -467,7 +589,7 @@ void logits_cpu(const at::Tensor& hidden,  // (B, S, H)
         for (int64_t t0 = item * kGrainRows; t0 < item_end; t0 += kRows) {
           const int64_t n = std::min(kRows, item_end - t0);
           rows_of.get(t0, n, scratch.data(), rows);
-          dot2_rows(rows, w, w + H, H, out0, out1);
+          dot2_rows(rows, wr, wr + H, H, out0, out1);
           for (int64_t r = 0; r < n; ++r) {
             start[t0 + r] = out0[r] + bias0;
             end[t0 + r] = out1[r] + bias1;
@@ -647,11 +769,15 @@ void grad_rows_cpu(const at::Tensor& hidden,  // (B, S, H)
     // scratch tile, then rounded to hidden's dtype.
     constexpr bool kGradInPlace = HiddenRows<scalar_t>::kHasRaw && std::is_same_v<R, raw_t>;
     using G = std::conditional_t<kGradInPlace, R, float>;
+    std::vector<float> w_storage;
+    const float* wr = weights_for_rows<R>(w, H, w_storage);
     WorkQueue queue(num_chunks);
     at::parallel_for(0, queue.workers(), 1, [&](int64_t, int64_t) {
       std::vector<float> x_scratch(partial_w != nullptr && !rows_of.in_place() ? kRows * H : 0);
       // Rows past the chunk's end (a partial block of kRows) write their (zero) gradient here.
       std::vector<G> g_scratch(grad_hidden != nullptr ? kRows * H : 0);
+      // A chunk's partials in the paired layout, unpaired into partial_w when the chunk is done.
+      std::vector<float> pw_paired(partial_w != nullptr && kPaired<R> ? 2 * H : 0);
       const R* x_rows[kRows];
       G* g_rows[kRows];
       float d0[kRows], d1[kRows];
@@ -666,7 +792,7 @@ void grad_rows_cpu(const at::Tensor& hidden,  // (B, S, H)
           partial_b[2 * c] = b0;
           partial_b[2 * c + 1] = b1;
         }
-        float* pw = partial_w != nullptr ? partial_w + c * 2 * H : nullptr;
+        float* pw = partial_w == nullptr ? nullptr : kPaired<R> ? pw_paired.data() : partial_w + c * 2 * H;
         if (pw != nullptr) std::fill(pw, pw + 2 * H, 0.f);
         for (int64_t t0 = t_begin; t0 < t_end; t0 += kRows) {
           const int64_t n = std::min(kRows, t_end - t0);
@@ -682,9 +808,9 @@ void grad_rows_cpu(const at::Tensor& hidden,  // (B, S, H)
           }
           if (pw != nullptr) rows_of.get(t0, n, x_scratch.data(), x_rows);
           if (grad_hidden != nullptr && pw != nullptr) {
-            grad_rows_fused(x_rows, g_rows, d0, d1, w, w + H, pw, pw + H, H);
+            grad_rows_fused(x_rows, g_rows, d0, d1, wr, wr + H, pw, pw + H, H);
           } else if (grad_hidden != nullptr) {
-            grad_hidden_rows(g_rows, d0, d1, w, w + H, H);
+            grad_hidden_rows(g_rows, d0, d1, wr, wr + H, H);
           } else if (pw != nullptr) {
             grad_weight_rows(x_rows, d0, d1, pw, pw + H, H);
           }
@@ -693,6 +819,10 @@ void grad_rows_cpu(const at::Tensor& hidden,  // (B, S, H)
               for (int64_t r = 0; r < n; ++r) store_row(g_rows[r], H, grad_hidden + (t0 + r) * H);
             }
           }
+        }
+        if (kPaired<R> && pw != nullptr) {
+          from_paired(pw, H, partial_w + c * 2 * H);
+          from_paired(pw + H, H, partial_w + c * 2 * H + H);
         }
       }
     });
