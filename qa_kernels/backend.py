@@ -57,7 +57,7 @@ def use_backend(name: str) -> Iterator[None]:
 
 @functools.cache
 def triton_available() -> bool:
-    """Triton imports (and, for CPU tensors, its interpreter is on)."""
+    """Triton imports (whether it can run CPU tensors is :func:`triton_interpreter_on`)."""
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -105,7 +105,7 @@ def resolve(device_type: str) -> str:
     if name == "auto":
         if device_type == "cuda" and triton_available():
             return "triton"
-        if device_type == "cpu" and native_available() and _native().has_device_kernels("cpu"):
+        if device_type == "cpu" and _native().has_device_kernels("cpu"):
             return "native"
         return "torch"
     if name == "triton":
@@ -118,9 +118,9 @@ def resolve(device_type: str) -> str:
             )
         if device_type == "cpu":
             _check_interpreter_versions()
-    if name == "native" and not native_available():
-        raise RuntimeError(f"QA backend 'native' was requested but {_native().unavailable_reason()}")
     if name == "native" and not _native().has_device_kernels(device_type):
+        if not native_available():
+            raise RuntimeError(f"QA backend 'native' was requested but {_native().unavailable_reason()}")
         raise RuntimeError(
             f"QA backend 'native' was requested for {device_type} tensors, but this build of the extension "
             f"has no {device_type} kernels (CUDA kernels are built only with a CUDA torch and toolkit)"

@@ -115,7 +115,9 @@ def qa_head(
             raise ValueError(
                 f"num_items_in_batch must be a number or a one-element tensor; got {_describe(num_items_in_batch)}"
             )
-        num_items = num_items_in_batch.reshape(()).to(hidden.device, non_blocking=True)
+        # Non-blocking only towards a GPU: a device-to-host copy could still be in flight when a CPU
+        # kernel reads it.
+        num_items = num_items_in_batch.reshape(()).to(hidden.device, non_blocking=hidden.device.type == "cuda")
     elif isinstance(num_items_in_batch, (int, float)) and not isinstance(num_items_in_batch, bool):
         num_items_value = float(num_items_in_batch)
     elif num_items_in_batch is not None:

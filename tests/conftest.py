@@ -27,6 +27,15 @@ def backends_under_test() -> list[str]:
     return names
 
 
+def pytest_sessionstart(session):
+    """CI sets QA_KERNELS_REQUIRE_NATIVE=1: a broken native build must fail the run, not shrink the
+    backend matrix to torch and triton in silence."""
+    if os.environ.get("QA_KERNELS_REQUIRE_NATIVE") == "1" and not qa_backend.native_available():
+        from qa_kernels import native
+
+        pytest.exit(f"QA_KERNELS_REQUIRE_NATIVE=1 but {native.unavailable_reason()}", returncode=1)
+
+
 @pytest.fixture
 def device() -> str:
     return DEVICE

@@ -30,8 +30,11 @@ def test_opcheck(backend, device, labels, bias, num_items):
     torch.library.opcheck(ops.qa_head_fwd, _fwd_args(device, labels, bias, num_items))
 
 
-def test_opcheck_backward_op(backend, device):
+@pytest.mark.parametrize("weight_layout", ["contiguous", "transposed"])
+def test_opcheck_backward_op(backend, device, weight_layout):
     hidden, weight, b, start, end, *_ = _fwd_args(device)
+    if weight_layout == "transposed":  # (H, 2) storage seen as (2, H), as a tied or transposed weight
+        weight = weight.detach().t().contiguous().t()
     with torch.no_grad():
         s, e, _, lse, scale = ops.qa_head_fwd(hidden, weight, b, start, end, None, None, None)
     args = (torch.randn(3, 7, device=device), None, torch.tensor(0.7, device=device), hidden.detach(),

@@ -34,6 +34,7 @@ LABELS = [
     "all_ignored",
     "start_only",
     "mixed+num_items_int",
+    "mixed+num_items_tensor",
     "all_ignored+num_items_tensor",
 ]
 
@@ -57,7 +58,7 @@ def make_labels(kind: str, B: int, S: int, device: str):
         choices = torch.tensor([-5, S + 3, S // 2, S], device=device)
         start = choices[torch.arange(B, device=device) % 4]
         end = choices[(torch.arange(B, device=device) + 2) % 4].reshape(B, 1)
-        num_items = 3 if kind.endswith("num_items_int") else None
+        num_items = {"mixed+num_items_int": 3, "mixed+num_items_tensor": torch.tensor(2.5, device=device)}.get(kind)
         return start, end, num_items
     if kind.startswith("all_ignored"):
         start = torch.full((B,), S, device=device)
@@ -206,6 +207,44 @@ def test_gradient_subsets(backend, device, needs):
 
     for x, y in zip(grads(qa_kernels.qa_head), grads(reference.qa_head), strict=True):
         assert_close(x, y, TOLERANCE["fp64"][torch.float32], f"gradients for {needs}")
+
+
+def test_strided_weight_and_bias(backend, device):
+    """A transposed weight ((H, 2) storage) and a bias sliced from a wider tensor; gradients come
+    back with the parameters' shapes (and contiguous, as the op's fake kernel says)."""
+    B, S, H = 3, 7, 31
+    hidden, _, _ = make_inputs(B, S, H, torch.float32, device)
+    weight = (torch.randn(H, 2, device=device) * 0.05).t()
+    bias = torch.randn(4, device=device)[::2]
+    assert not weight.is_contiguous() and not bias.is_contiguous()
+    start, end, _ = make_labels("mixed", B, S, device)
+    upstream = random_upstream(B, S, device)
+    out, grads = run_head(qa_kernels.qa_head, hidden, weight, bias, start, end, None, upstream)
+    ref, ref_grads = run_head(reference.qa_head, hidden, weight, bias, start, end, None, upstream)
+    tol = TOLERANCE["fp64"][torch.float32]
+    for x, y, name in zip([*out, *grads], [*ref, *ref_grads], ["start", "end", "loss", "dh", "dw", "db"], strict=True):
+        assert_close(x, y, tol, name)
+
+
+def test_online_logsumexp_with_an_all_minus_inf_first_chunk(backend, device, monkeypatch):
+    """The loss kernel's logsumexp runs over S in chunks; a row whose first chunk is all -inf (masked
+    or overflowed logits in a long context) must not turn into NaN. A 4-token tile makes the Triton
+    kernel chunk even under the interpreter (the other backends do not chunk: same expectation)."""
+    from qa_kernels.triton import qa_head as triton_qa_head
+
+    monkeypatch.setattr(triton_qa_head, "_INTERPRETER_LOSS_TILE", 4)
+    monkeypatch.setattr(triton_qa_head, "_GPU_LOSS_TILE", 4)
+    B, S, H = 3, 13, 31
+    hidden, _, _ = make_inputs(B, S, H, torch.float32, device)
+    hidden[:, :4] = float("-inf")  # tokens 0-3 of every row: -inf logits with a positive weight
+    hidden[1, 6] = float("-inf")
+    weight = torch.rand(2, H, device=device) + 0.1
+    start = torch.tensor([5, 9, 12], device=device)
+    end = torch.tensor([4, 7, 8], device=device)
+    out = qa_kernels.qa_head(hidden, weight, None, start, end)
+    ref = reference.qa_head(hidden, weight, None, start, end)
+    assert torch.isfinite(out.loss)
+    assert_close(out.loss, ref.loss, TOLERANCE["fp64"][torch.float32], "loss")
 
 
 @pytest.mark.parametrize("layout", ["transposed", "sliced_h", "sliced_s", "expanded_batch"])

@@ -23,14 +23,17 @@ SCRIPT = pathlib.Path(__file__).with_name("triton_aot.py")
 
 @pytest.fixture(scope="module")
 def compiled_variants() -> list[dict]:
+    try:  # the ahead-of-time API this check uses (Triton 3.x); anything else failing is a failure
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.compiler import ASTSource  # noqa: F401
+    except ImportError as err:
+        pytest.skip(f"this Triton has no ahead-of-time compile API: {err}")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(SCRIPT.parent.parent), env.get("PYTHONPATH", "")])
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--arch", "90"], capture_output=True, text=True, env=env, timeout=900
     )
-    if proc.returncode != 0 and ("ImportError" in proc.stderr or "cannot import name" in proc.stderr):
-        pytest.skip(f"this Triton has no ahead-of-time compile API: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 

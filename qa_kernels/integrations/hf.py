@@ -197,8 +197,9 @@ class FusedQAOutputs(nn.Linear):
     hooks and state_dict keys) with its forward running :func:`qa_kernels.qa_head`.
 
     Called as the model's forward calls it, ``self.qa_outputs(hidden)`` with ``hidden (B, S, H)``,
-    it returns the logits ``(B, S, 2)`` as a view of one ``(2, B, S)`` buffer: the forward's
-    ``split(1, dim=-1)`` and ``squeeze(-1).contiguous()`` then copy nothing. When the patched
+    it returns the logits ``(B, S, 2)`` as a view of one ``(2, B, S)`` buffer (one copy of the
+    2·B·S logits, by ``torch.stack``): the forward's ``split(1, dim=-1)`` and
+    ``squeeze(-1).contiguous()`` then copy nothing more. When the patched
     model forward has positions for this call (``_qa_labels``), the same op also computes the loss
     and leaves it in ``_qa_loss`` for that forward to return.
     """
@@ -217,6 +218,9 @@ class FusedQAOutputs(nn.Linear):
                     "this model's forward is not the single-head forward qa_kernels.patch supports"
                 )
             start, end, num_items = labels
+            # transformers' loss moves the positions to the logits' device (device_map / pipeline
+            # parallel models): so does the patch; qa_head itself insists on one device.
+            start, end = start.to(hidden.device), end.to(hidden.device)
             out = qa_head(hidden, self.weight, self.bias, start, end, num_items_in_batch=num_items)
             self._qa_loss = out.loss
         return torch.stack((out.start_logits, out.end_logits)).permute(1, 2, 0)

@@ -125,9 +125,11 @@ def _cross_entropy_rows(
         cols = sb * BLOCK_S + tl.arange(0, BLOCK_S)
         x = tl.load(logits_ptr + row_base[:, None] + cols[None, :],
                     mask=mask_b[:, None] & (cols < S)[None, :], other=float("-inf")).to(tl.float32)  # fmt: skip
-        x = tl.where(mask_b[:, None], x, 0.0)  # rows past B: finite, so no inf - inf below
         m_new = tl.maximum(m, tl.max(x, axis=1))
-        l = l * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
+        # A row whose chunks so far are all -inf (or a row past B) keeps m = -inf: shift by 0 there,
+        # not by -inf (-inf - -inf is NaN), so l stays 0 until a finite logit arrives.
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        l = l * tl.exp(m - shift) + tl.sum(tl.exp(x - shift[:, None]), axis=1)
         m = m_new
     lse = m + tl.log(l)
     target, valid = _clamp_target(tl.load(pos_ptr + rows * stride_pos, mask=mask_b, other=0), S)
@@ -377,7 +379,8 @@ def qa_head_bwd(
 
     empty = torch.empty((0,), dtype=torch.float32, device=device)
     grad_hidden = torch.empty_like(hidden, memory_format=torch.contiguous_format) if needs_grad_hidden else empty
-    grad_weight = torch.empty_like(weight) if needs_grad_weight else empty.clone()
+    # Contiguous whatever the weight's strides, as the fake kernel says (a transposed or tied weight).
+    grad_weight = torch.empty(weight.shape, dtype=weight.dtype, device=device) if needs_grad_weight else empty.clone()
     grad_bias = torch.empty((2,), dtype=torch.float32, device=device) if needs_grad_bias else empty.clone()
     partial_w = torch.empty((num_partials, 2, H) if needs_grad_weight else (0,), dtype=torch.float32, device=device)
     partial_b = torch.empty((num_partials, 2), dtype=torch.float32, device=device)
