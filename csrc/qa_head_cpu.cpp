@@ -243,13 +243,16 @@ QA_INLINE void grad_hidden_rows_impl(G* const* g_rows,  // kRows pointers to row
 }
 
 // pw0[h] += sum_r d0[r] * x[r][h],   pw1[h] += sum_r d1[r] * x[r][h]   (r ascending; pw in x's layout)
+// The rows `next` are prefetched alongside (see dot2_rows_impl).
 template <typename X>
 QA_INLINE void grad_weight_rows_impl(const X* const* x_rows,  // kRows pointers to rows of H elements
+                                     const X* const* next_rows,  // kRows rows the caller reads next
                                      const float* d0_rows, const float* d1_rows,  // (kRows,) each
                                      float* pw0, float* pw1, int64_t H) {  // (H,) each, fp32 partials
-  const X* x[kRows];
+  const X *x[kRows], *next[kRows];
   float d0[kRows], d1[kRows];
   std::copy(x_rows, x_rows + kRows, x);
+  std::copy(next_rows, next_rows + kRows, next);
   std::copy(d0_rows, d0_rows + kRows, d0);
   std::copy(d1_rows, d1_rows + kRows, d1);
   int64_t h = 0;
@@ -260,6 +263,7 @@ QA_INLINE void grad_weight_rows_impl(const X* const* x_rows,  // kRows pointers 
     for (int64_t r = 0; r < kRows; ++r) {
       vfloat xv[2];
       load_block(x[r] + h, xv);
+      prefetch_block(next[r] + h);
       for (int i = 0; i < 2; ++i) {
         p0[i] += d0[r] * xv[i];
         p1[i] += d1[r] * xv[i];
@@ -280,13 +284,15 @@ QA_INLINE void grad_weight_rows_impl(const X* const* x_rows,  // kRows pointers 
 // gradient vector written once, side by side; measured faster than two sweeps per block).
 template <typename X, typename G>
 QA_INLINE void grad_rows_fused_impl(const X* const* x_rows, G* const* g_rows,  // kRows rows of H elements each
+                                    const X* const* next_rows,  // kRows rows the caller reads next
                                     const float* d0_rows, const float* d1_rows,  // (kRows,) each
                                     const float* w0, const float* w1,  // (H,) each
                                     float* pw0, float* pw1, int64_t H) {  // (H,) each, fp32 partials
-  const X* x[kRows];
+  const X *x[kRows], *next[kRows];
   G* g[kRows];
   float d0[kRows], d1[kRows];
   std::copy(x_rows, x_rows + kRows, x);
+  std::copy(next_rows, next_rows + kRows, next);
   std::copy(g_rows, g_rows + kRows, g);
   std::copy(d0_rows, d0_rows + kRows, d0);
   std::copy(d1_rows, d1_rows + kRows, d1);
@@ -300,6 +306,7 @@ QA_INLINE void grad_rows_fused_impl(const X* const* x_rows, G* const* g_rows,  /
     for (int64_t r = 0; r < kRows; ++r) {
       vfloat xv[2];
       load_block(x[r] + h, xv);
+      prefetch_block(next[r] + h);
       const vfloat gv[2] = {d0[r] * v0[0] + d1[r] * v1[0], d0[r] * v0[1] + d1[r] * v1[1]};
       store_block(g[r] + h, gv);
       for (int i = 0; i < 2; ++i) {
@@ -329,14 +336,14 @@ QA_INLINE void grad_rows_fused_impl(const X* const* x_rows, G* const* g_rows,  /
                                         const float* w1, int64_t H) {                                    \
     grad_hidden_rows_impl(g, d0, d1, w0, w1, H);                                                         \
   }                                                                                                      \
-  QA_MULTIVERSION void grad_weight_rows(const X* const* x, const float* d0, const float* d1, float* pw0, \
-                                        float* pw1, int64_t H) {                                         \
-    grad_weight_rows_impl(x, d0, d1, pw0, pw1, H);                                                       \
+  QA_MULTIVERSION void grad_weight_rows(const X* const* x, const X* const* next, const float* d0,        \
+                                        const float* d1, float* pw0, float* pw1, int64_t H) {            \
+    grad_weight_rows_impl(x, next, d0, d1, pw0, pw1, H);                                                 \
   }                                                                                                      \
-  QA_MULTIVERSION void grad_rows_fused(const X* const* x, X* const* g, const float* d0, const float* d1, \
-                                       const float* w0, const float* w1, float* pw0, float* pw1,         \
-                                       int64_t H) {                                                      \
-    grad_rows_fused_impl(x, g, d0, d1, w0, w1, pw0, pw1, H);                                             \
+  QA_MULTIVERSION void grad_rows_fused(const X* const* x, X* const* g, const X* const* next,             \
+                                       const float* d0, const float* d1, const float* w0, const float* w1, \
+                                       float* pw0, float* pw1, int64_t H) {                              \
+    grad_rows_fused_impl(x, g, next, d0, d1, w0, w1, pw0, pw1, H);                                       \
   }
 QA_MICRO_KERNELS(float)
 QA_MICRO_KERNELS(uint16_t)
@@ -795,7 +802,7 @@ void grad_rows_cpu(const at::Tensor& hidden,  // (B, S, H)
       std::vector<G> g_scratch(grad_hidden != nullptr ? kRows * H : 0);
       // A chunk's partials in the paired layout, unpaired into partial_w when the chunk is done.
       std::vector<float> pw_paired(partial_w != nullptr && kPaired<R> ? 2 * H : 0);
-      const R* x_rows[kRows];
+      const R *x_rows[kRows], *next[kRows];
       G* g_rows[kRows];
       float d0[kRows], d1[kRows];
       for (int64_t c; queue.pop(c);) {
@@ -823,13 +830,21 @@ void grad_rows_cpu(const at::Tensor& hidden,  // (B, S, H)
                                                 : g_scratch.data() + r * H;
             }
           }
-          if (pw != nullptr) rows_of.get(t0, n, x_scratch.data(), x_rows);
+          if (pw != nullptr) {
+            rows_of.get(t0, n, x_scratch.data(), x_rows);
+            // The chunk's next rows, to prefetch: in place only (as in logits_cpu).
+            if (rows_of.in_place() && t0 + kRows < t_end) {
+              rows_of.get(t0 + kRows, std::min(kRows, t_end - t0 - kRows), nullptr, next);
+            } else {
+              std::copy(x_rows, x_rows + kRows, next);
+            }
+          }
           if (grad_hidden != nullptr && pw != nullptr) {
-            grad_rows_fused(x_rows, g_rows, d0, d1, wr, wr + H, pw, pw + H, H);
+            grad_rows_fused(x_rows, g_rows, next, d0, d1, wr, wr + H, pw, pw + H, H);
           } else if (grad_hidden != nullptr) {
             grad_hidden_rows(g_rows, d0, d1, wr, wr + H, H);
           } else if (pw != nullptr) {
-            grad_weight_rows(x_rows, d0, d1, pw, pw + H, H);
+            grad_weight_rows(x_rows, next, d0, d1, pw, pw + H, H);
           }
           if constexpr (!kGradInPlace) {
             if (grad_hidden != nullptr) {
