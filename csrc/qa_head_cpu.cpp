@@ -506,11 +506,13 @@ class HiddenRows {
 //    THP_MEM_ALLOC_ENABLE=1 does for every allocation): 2 MiB per fault;
 //  * a one-slot cache: when a grad_hidden tensor is freed (in training, as soon as the layer below
 //    has consumed it), its buffer is kept for the next backward, like the CUDA caching allocator
-//    does. At most one buffer is held (the largest seen); it serves any request of at least half
-//    its size (kMinFill), so that the largest does not lock out a smaller steady size: bf16 steps
-//    after fp32 ones of the same shape (25 of 50 MB) faulted their buffer in afresh every step,
-//    which cost more than the bf16 kernels themselves. QA_KERNELS_CPU_CACHE=0 turns it off. A
-//    buffer is only reused after its tensor is gone: no aliasing.
+//    does. At most one buffer is held: a released buffer is kept when the slot is empty or when it
+//    is at least as large as the one held (the training-step size wins), and the held buffer
+//    serves any request of at least half its size (kMinFill). Both rules keep a smaller steady
+//    size from faulting its buffer in afresh (measured: bf16 steps after fp32 ones of the same
+//    shape, 25 of 50 MB, with the previous step's gradient still alive, as in pytest-benchmark,
+//    faulted every other step). QA_KERNELS_CPU_CACHE=0 turns it off. A buffer is only reused
+//    after its tensor is gone: no aliasing.
 class LargeOutputCache {
  public:
   static constexpr size_t kMinBytes = size_t{4} << 20;  // smaller blocks come from malloc's heap
@@ -561,7 +563,7 @@ class LargeOutputCache {
     void* evicted = data;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (enabled_ && bytes >= cached_bytes_) {  // keep the largest: the training-step size
+      if (enabled_ && (cached_ == nullptr || bytes >= cached_bytes_)) {
         evicted = std::exchange(cached_, data);
         cached_bytes_ = bytes;
       }
