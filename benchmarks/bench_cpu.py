@@ -23,6 +23,9 @@ import torch
 
 import qa_kernels
 from qa_kernels import native, reference
+from qa_kernels.bench.head import DTYPES, moved_bytes
+
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 SHAPES = [(8, 384, 768), (32, 384, 1024)]
 DTYPES = [torch.float32, torch.bfloat16]
@@ -84,7 +87,7 @@ def test_qa_head_cpu(benchmark, mode, shape, dtype, provider):
             out = fn(hidden, weight, bias, start, end)
             return torch.autograd.grad(out.loss, leaves)
 
-    moved = (1 if mode == "inference" else 3) * B * S * H * hidden.element_size()
+    moved = moved_bytes(mode, (B, S, H), DTYPE_NAMES[hidden.dtype])  # the floor's bytes, one definition
     benchmark.extra_info.update(
         threads=torch.get_num_threads(), torch=torch.__version__, bytes=moved, provider=provider, mode=mode
     )

@@ -21,7 +21,7 @@ SHAPES = [
     (3, 513, 1024),
     (3, 1, 768),
     (1, 7, 1024),
-    (3, 384, 31),
+    (3, 384, 100),  # H = 100: full 32-element blocks plus a remainder (the native bf16 pair layout)
     (1, 513, 768),
 ]
 
