@@ -11,6 +11,7 @@ interpreter replaces the kernels with Python functions); tests/test_triton_compi
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import pathlib
@@ -75,12 +76,12 @@ def variants():
             yield (k._qa_head_bwd_kernel, f"bwd h={hidden} out={out} {''.join(str(int(f)) for f in flags)}",
                    bwd_ptrs, {**meta, "ROUND_INPUTS": round_inputs, "BLOCK_S": bwd_s, "BLOCK_H": bwd_h},
                    bwd_warps)  # fmt: skip
-        for pos in ("i64", "i32"):
-            for mode in (0, 1, 2):
-                yield (k._qa_loss_kernel, f"loss logits={out} pos={pos} mode={mode}",
-                       {"start_ptr": out, "end_ptr": out, "start_pos_ptr": pos, "end_pos_ptr": pos,
-                        "num_items_ptr": "i64"},
-                       {"NUM_ITEMS_MODE": mode, "BLOCK_B": 8, "BLOCK_S": 512}, 4)  # fmt: skip
+        for (B, S), pos, mode in itertools.product([(32, 384), (64, 4096)], ("i64", "i32"), (0, 1, 2)):
+            block_b, block_s, loss_warps = k._loss_blocks(B, S)  # the launcher's own choice
+            yield (k._qa_loss_kernel, f"loss B={B} S={S} logits={out} pos={pos} mode={mode}",
+                   {"start_ptr": out, "end_ptr": out, "start_pos_ptr": pos, "end_pos_ptr": pos,
+                    "num_items_ptr": "i64"},
+                   {"NUM_ITEMS_MODE": mode, "BLOCK_B": block_b, "BLOCK_S": block_s}, loss_warps)  # fmt: skip
     for weight in ("fp32", "bf16"):
         for w, b in [(True, True), (True, False), (False, True)]:
             yield (k._qa_reduce_kernel, f"reduce w={weight} grad_w={w} grad_b={b}", {"grad_w_ptr": weight},

@@ -38,7 +38,8 @@ from ..backend import triton_interpreter_on
 _GPU_FWD_BLOCKS = (16, 256, 4)
 _GPU_BWD_BLOCKS = (32, 256, 4)
 _INTERPRETER_TOKEN_BLOCKS = (256, 1024, 1)
-_GPU_LOSS_TILE = 4096  # elements of logits one loss-kernel step holds (BLOCK_B x BLOCK_S)
+_GPU_LOSS_TILE = 4096  # elements of logits one loss-kernel step holds (BLOCK_B x BLOCK_S) ...
+_GPU_LOSS_WARPS = 8  # ... over 8 warps: at 4 the sm_90 build spilled 16 bytes (tests/triton_aot.py)
 _INTERPRETER_LOSS_TILE = 1 << 16
 _GPU_REDUCE_BLOCKS = (64, 32)  # (BLOCK_P, BLOCK_H): narrow in H so that H / 32 programs share the reduction
 _INTERPRETER_REDUCE_BLOCKS = (256, 1024)
@@ -47,6 +48,14 @@ _INTERPRETER_REDUCE_BLOCKS = (256, 1024)
 def _pow2(n: int, cap: int) -> int:
     """The smallest power of two >= n (at least 1), at most ``cap``."""
     return min(triton.next_power_of_2(max(n, 1)), cap)
+
+
+def _loss_blocks(B: int, S: int) -> tuple[int, int, int]:
+    """(BLOCK_B, BLOCK_S, num_warps) of the loss kernel: whole rows per step when they fit the tile."""
+    interpret = triton_interpreter_on()
+    tile = _INTERPRETER_LOSS_TILE if interpret else _GPU_LOSS_TILE
+    block_s = _pow2(S, tile)
+    return _pow2(B, max(1, tile // block_s)), block_s, 1 if interpret else _GPU_LOSS_WARPS
 
 
 def _token_blocks(S: int, H: int, gpu_blocks: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -338,17 +347,14 @@ def qa_head_fwd(
     loss = torch.empty((), dtype=torch.float32, device=hidden.device)
     lse = torch.empty((B, 2), dtype=torch.float32, device=hidden.device)
     scale = torch.empty((2,), dtype=torch.float32, device=hidden.device)
-    tile = _INTERPRETER_LOSS_TILE if triton_interpreter_on() else _GPU_LOSS_TILE
-    block_s_loss = _pow2(S, tile)
-    block_b = _pow2(B, max(1, tile // block_s_loss))
+    block_b, block_s_loss, loss_warps = _loss_blocks(B, S)
     mode = 2 if num_items is not None else (1 if num_items_value is not None else 0)
     _qa_loss_kernel[(1,)](
         start, end, start_positions, end_positions, num_items if num_items is not None else loss,
         loss, lse, scale,
         B, S, float(num_items_value) if num_items_value is not None else 1.0,
         start_positions.stride(0), end_positions.stride(0),
-        NUM_ITEMS_MODE=mode, BLOCK_B=block_b, BLOCK_S=block_s_loss,
-        num_warps=1 if triton_interpreter_on() else 4,
+        NUM_ITEMS_MODE=mode, BLOCK_B=block_b, BLOCK_S=block_s_loss, num_warps=loss_warps,
     )  # fmt: skip
     return start, end, loss, lse, scale
 
