@@ -23,6 +23,7 @@ import torch
 from .. import backend as qa_backend
 from .. import reference
 from ..functional import qa_head
+from .harness import kernel_unavailable
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -219,16 +220,7 @@ class HeadSuite:
     presets: ClassVar[dict[str, tuple[int, int, int]]] = {"bert-base": (32, 384, 768), "bert-large": (32, 384, 1024)}
 
     def unavailable(self, provider: str, device: str) -> Optional[str]:
-        if provider == "triton":
-            if not qa_backend.triton_available():
-                return "triton is not installed"
-            if device == "cpu" and not qa_backend.triton_interpreter_on():
-                return "triton runs on CUDA; on CPU only under its interpreter (TRITON_INTERPRET=1; slow, for tests)"
-        if provider == "native" and not qa_backend.native_available():
-            from .. import native
-
-            return native.unavailable_reason()
-        return None
+        return kernel_unavailable(provider, device, "qa_head_fwd")
 
     def default_providers(self, device: str) -> list[str]:
         # Triton on CPU (the interpreter) is a correctness tool, far too slow to time by default.

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from .. import backend as qa_backend
-from .. import native
 from ..spans import decode_spans
+from .harness import kernel_unavailable
 from .head import DTYPES
 
 TOP_K = 20  # spans per feature
@@ -169,18 +169,7 @@ class SpansSuite:
     presets: ClassVar[dict[str, tuple[int, int]]] = {"squad-384": (64, 384), "squad-512": (64, 512)}
 
     def unavailable(self, provider: str, device: str) -> Optional[str]:
-        if provider == "triton":
-            if not qa_backend.triton_available():
-                return "triton is not installed"
-            if device == "cpu" and not qa_backend.triton_interpreter_on():
-                return "triton runs on CUDA; on CPU only under its interpreter (TRITON_INTERPRET=1; slow, for tests)"
-        if provider == "native":
-            if not qa_backend.native_available():
-                return native.unavailable_reason()
-            if not native.has_kernel("decode_spans", device):
-                where = "rebuild it with csrc/spans.cpp" if device == "cpu" else "its span kernel is CPU-only"
-                return f"the loaded native extension has no decode_spans kernel for {device} ({where})"
-        return None
+        return kernel_unavailable(provider, device, "decode_spans")
 
     def default_providers(self, device: str) -> list[str]:
         # Triton on CPU (the interpreter) is a correctness tool, far too slow to time by default.
