@@ -63,9 +63,36 @@ def _token_blocks(S: int, H: int, gpu_blocks: tuple[int, int, int]) -> tuple[int
     return _pow2(S, block_s), _pow2(H, block_h), warps
 
 
+_MAX_GRID = (2**31 - 1, 65535, 65535)  # CUDA's limits on grid dims 0, 1 and 2
+
+
+def _token_grid(B: int, S: int, block_s: int) -> tuple[int, int, int]:
+    """The grid of the token kernels, (B, S-blocks) with the S-blocks split over dims 1 and 2: CUDA caps
+    those at 65535, which one dim of S-blocks passes from S = 65536 * BLOCK_S (about 1M tokens).
+    S-block = pid(2) * grid(1) + pid(1) (see _token_block_ids); the last few may lie past S."""
+    if S > 2**31 - 1 - block_s:  # token offsets within a row are int32 (offsets into hidden are int64)
+        raise ValueError(f"qa_head (Triton): S = {S} tokens per row; the kernels take at most {2**31 - 1 - block_s}")
+    blocks = triton.cdiv(S, block_s)
+    splits = max(1, triton.cdiv(blocks, _MAX_GRID[1]))
+    grid = (B, triton.cdiv(blocks, splits), splits)
+    if any(n > limit for n, limit in zip(grid, _MAX_GRID, strict=True)):
+        raise ValueError(f"qa_head (Triton): grid {grid} for B = {B}, S = {S}; CUDA allows at most {_MAX_GRID}")
+    return grid
+
+
 # ----------------------------------------------------------------------------------------------
 # Kernels
 # ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _token_block_ids():
+    """(b, S-block) of this program in the grid of _token_grid, and its index among all the programs
+    (b fastest, the order they run in). Below S = 65536 * BLOCK_S, grid dim 2 is 1: S-block = pid(1).
+    A program past S has its tokens masked off: it loads and stores nothing (writes zero partials)."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_s = tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)
+    return pid_b, pid_s, pid_b * (tl.num_programs(1) * tl.num_programs(2)) + pid_s
 
 
 @triton.jit
@@ -81,8 +108,8 @@ def _qa_logits_kernel(
     # ROUND_INPUTS (autocast): inputs are first rounded to the output dtype, as nn.Linear's
     # autocast casts would round them, without materializing the cast copy of hidden.
     out_ty = start_ptr.dtype.element_ty
-    pid_b = tl.program_id(0).to(tl.int64)
-    offs_s = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
+    pid_b, pid_s, _ = _token_block_ids()
+    offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
     mask_s = offs_s < S
     rows = hidden_ptr + pid_b * stride_hb + offs_s.to(tl.int64)[:, None] * stride_hs
     acc_start = tl.zeros([BLOCK_S], dtype=tl.float32)
@@ -225,9 +252,7 @@ def _qa_head_bwd_kernel(
     # partial_w[p, k, :] = sum_{s in block p} d_k[b, s] * hidden[b, s, :]   (fp32)
     # partial_b[p, k]    = sum_{s in block p} d_k[b, s]
     out_ty = start_ptr.dtype.element_ty
-    pid_b = tl.program_id(0).to(tl.int64)
-    pid_s = tl.program_id(1)
-    block = pid_b * tl.num_programs(1) + pid_s  # this program's row in the partials
+    pid_b, pid_s, block = _token_block_ids()  # block: this program's row in the partials
     offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
     mask_s = offs_s < S
     tok = pid_b * S + offs_s  # index into the contiguous (B, S) logits and their gradients
@@ -333,7 +358,7 @@ def qa_head_fwd(
     end = torch.empty((B, S), dtype=out_dtype, device=hidden.device)
     block_s, block_h, warps = _token_blocks(S, H, _GPU_FWD_BLOCKS)
     if B > 0:
-        _qa_logits_kernel[(B, triton.cdiv(S, block_s))](
+        _qa_logits_kernel[_token_grid(B, S, block_s)](
             hidden, weight, bias if bias is not None else weight, start, end,
             S, H,
             *hidden.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0,
@@ -379,8 +404,8 @@ def qa_head_bwd(
     B, S, H = hidden.shape
     device = hidden.device
     block_s, block_h, warps = _token_blocks(S, H, _GPU_BWD_BLOCKS)
-    grid = (B, triton.cdiv(S, block_s))
-    num_partials = grid[0] * grid[1]
+    grid = _token_grid(B, S, block_s)
+    num_partials = grid[0] * grid[1] * grid[2]  # one row of partials per program
     write_partials = needs_grad_weight or needs_grad_bias
 
     empty = torch.empty((0,), dtype=torch.float32, device=device)
