@@ -28,9 +28,12 @@ from qa_kernels.triton import qa_head as k
 from qa_kernels.triton import spans as spans_k
 
 # What Triton's launcher specializes at run time for contiguous inputs, mirrored here so the
-# compiled code is the one that runs: strides equal to 1 become constants (vectorized accesses);
-# pointers and 16-divisible integers (H = 768/1024, the row strides) carry tt.divisibility = 16.
-_UNIT_STRIDES = {"stride_hh": 1, "stride_wh": 1, "stride_gwh": 1, "stride_ss": 1, "stride_es": 1, "stride_ms": 1}
+# compiled code is the one that runs: integer arguments equal to 1 become constants (the unit strides,
+# vectorized accesses; the positions' and bias' strides; not the span kernel's K, marked
+# do_not_specialize); pointers and 16-divisible integers (H = 768/1024, the row strides) carry
+# tt.divisibility = 16.
+_UNIT_STRIDES = {"stride_hh": 1, "stride_wh": 1, "stride_gwh": 1, "stride_ss": 1, "stride_es": 1, "stride_ms": 1,
+                 "stride_sp": 1, "stride_ep": 1, "stride_bias": 1}  # fmt: skip
 _DIVISIBLE_INTS = {"H", "stride_hb", "stride_hs", "stride_wk", "stride_gwk", "stride_sb", "stride_eb", "stride_mb"}
 _F32_ARGS = {"num_items_value"}
 

@@ -76,6 +76,14 @@ def _row_stats(x, keep, valid):
 
 
 @triton.jit
+def _lane(x, offs, i):
+    # x[i] of a row vector: that lane plus zeros, exact and NaN-preserving (a -0.0 comes back +0.0,
+    # which the key does too). Not tl.max over the lane and -infs: a max drops NaN, compiled (max.f32)
+    # and interpreted alike, which made a NaN logit's null score -inf and re-ranked its start's spans.
+    return tl.sum(tl.where(offs == i, x, 0.0), axis=0)
+
+
+@triton.jit
 def _span_key(score, code):
     # key = (ord(score) << 32) - 1 - code, code = i * 2**16 + j: the contract in qa_kernels/spans.py
     score = tl.where(score == 0.0, 0.0, score)  # -0.0 -> +0.0
@@ -85,7 +93,10 @@ def _span_key(score, code):
     return (bits.to(tl.int64) << 32) - 1 - code
 
 
-@triton.jit
+# K is not specialized: an int argument equal to 1 compiles to a constant, so top_k = 1 (the default)
+# would run a variant of its own, one the sm_90 spill check does not compile (Triton 3.9's ptxas
+# spills it: 8 bytes at 80 registers). K only bounds loops and offsets rows.
+@triton.jit(do_not_specialize=["K"])
 def _decode_spans_kernel(
     start_ptr, end_ptr, mask_ptr,  # pointers (inputs)
     out_start_ptr, out_end_ptr, out_score_ptr, null_ptr,  # pointers (outputs)
@@ -116,8 +127,8 @@ def _decode_spans_kernel(
         e_max, e_sum = _row_stats(e, keep, in_row)
     a = _side_value(s, keep, s_max, s_sum, LOGIT_SCORE)  # (BLOCK_S,) start side
     b = _side_value(e, keep, e_max, e_sum, LOGIT_SCORE)  # (BLOCK_S,) end side
-    a0 = tl.max(tl.where(offs == 0, a, float("-inf")), axis=0)
-    b0 = tl.max(tl.where(offs == 0, b, float("-inf")), axis=0)
+    a0 = _lane(a, offs, 0)
+    b0 = _lane(b, offs, 0)
     if LOGIT_SCORE:
         tl.store(null_ptr + row, a0 + b0)
     else:
@@ -169,7 +180,7 @@ def _decode_spans_kernel(
         tl.store(out_end_ptr + out + r, tl.where(found, code & 0xFFFF, -1))
         tl.store(out_score_ptr + out + r, tl.where(found, bits.to(tl.float32, bitcast=True), float("-inf")))
 
-        a_i = tl.max(tl.where(offs == i, a, float("-inf")), axis=0)
+        a_i = _lane(a, offs, i)  # bitwise the a[i] of step 2 (up to the sign of a zero): same keys
         j = i + offs_l  # (BLOCK_L,) int64
         # (an int, not `found &`: the interpreter cannot load under a scalar bool & block mask)
         in_band = (offs_l < tl.where(found, L, 0)) & (j < S)
