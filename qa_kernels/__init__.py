@@ -4,7 +4,7 @@ from . import reference
 from .answerer import Answer, QuestionAnswerer
 from .backend import get_backend, set_backend, use_backend
 from .functional import qa_head
-from .integrations import patch, patch_transformers, unpatch, unpatch_transformers
+from .integrations import UnsupportedModelError, patch, patch_transformers, unpatch, unpatch_transformers
 from .module import QAHead
 from .outputs import QAHeadOutput
 from .spans import SpanOutput, decode_spans
@@ -17,6 +17,7 @@ __all__ = [
     "QAHeadOutput",
     "QuestionAnswerer",
     "SpanOutput",
+    "UnsupportedModelError",
     "decode_spans",
     "get_backend",
     "patch",

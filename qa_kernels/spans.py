@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from . import native
-from .backend import resolve
+from .backend import resolve, triton_available
 
 MAX_SEQUENCE_LENGTH = 65535  # i and j are packed into 16 bits each in the ranking key
 SCORES = ("prob", "logit")
@@ -147,12 +147,14 @@ def decode_spans_torch(
 
 
 def _implementation(device_type: str):
-    """The function that decodes on this device; where the chosen backend has no span kernel for
-    it (the native extension on CUDA), the torch implementation."""
+    """The function that decodes on this device. The native extension has span kernels for the CPU
+    only: with ``native`` chosen on CUDA, Triton's kernel decodes (the torch one without Triton)."""
     name = resolve(device_type)
+    if name == "native" and not native.has_kernel("decode_spans", device_type):
+        name = "triton" if device_type == "cuda" and triton_available() else "torch"
     if name == "triton":
         from .triton.spans import decode_spans as impl
-    elif name == "native" and native.has_kernel("decode_spans", device_type):
+    elif name == "native":
         impl = torch.ops.qa_kernels_native.decode_spans
     else:
         impl = decode_spans_torch
@@ -234,7 +236,13 @@ def decode_spans(
     Returns:
         :class:`SpanOutput` ``(starts, ends, scores, null_scores)``: ``(B, top_k)`` int64, int64,
         float32 sorted by score (ties: lower start, then lower end; ranks with no candidate left:
-        ``-1, -1, -inf``), and the ``(B,)`` float32 null score of span ``(0, 0)``.
+        ``-1, -1, -inf``), and the ``(B,)`` float32 null score of span ``(0, 0)``. Not
+        differentiable: the outputs carry no autograd history.
+
+    Raises:
+        TypeError / ValueError naming the argument: logits not 2-D float tensors, shapes or devices
+        that differ, S = 0 or S > 65535, ``max_answer_len`` or ``top_k`` not an int >= 1, an
+        unknown ``score``, a ``context_mask`` of another shape or device.
     """
     _check_logits("start_logits", start_logits)
     _check_logits("end_logits", end_logits)
@@ -267,6 +275,7 @@ def decode_spans(
             )
         if context_mask.dtype != torch.bool:
             context_mask = context_mask != 0
+    start_logits, end_logits = start_logits.detach(), end_logits.detach()  # a ranking: no gradient
     return SpanOutput(
         *decode_spans_op(start_logits, end_logits, context_mask, min(max_answer_len, S), top_k, score == "logit")
     )

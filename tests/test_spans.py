@@ -167,6 +167,25 @@ def test_no_candidate_ranks(backend, device):
     assert torch.isfinite(out.scores[1, 0]) and torch.isfinite(out.scores[2, :2]).all()
 
 
+@pytest.mark.parametrize("score", ["prob", "logit"])
+def test_nan_logits_agree_with_the_torch_implementation(backend, device, score):
+    """A NaN logit (a diverged model) is not hidden: every backend ranks and scores exactly as the
+    PyTorch implementation, NaN null scores included (a max-based lane read once dropped them)."""
+    from qa_kernels.spans import decode_spans_torch
+
+    start, end = torch.randn(2, 9, device=device), torch.randn(2, 9, device=device)
+    start[0, 0] = start[0, 3] = float("nan")
+    end[1, 5] = float("nan")
+    out = qa_kernels.decode_spans(start, end, max_answer_len=4, top_k=6, score=score)
+    ref = decode_spans_torch(start, end, None, 4, 6, score == "logit")
+    assert out.null_scores[0].isnan()  # start[0, 0] is NaN
+    # Row 1: one NaN end logit turns the whole end softmax into NaN; a logit sum stays finite at (0, 0).
+    assert out.null_scores[1].isnan() if score == "prob" else out.null_scores[1].isfinite()
+    for got, want, name in zip(out, ref, ["starts", "ends", "scores", "null_scores"], strict=True):
+        assert torch.equal(got.isnan(), want.isnan()), name
+        assert torch.equal(got.nan_to_num(0.0), want.nan_to_num(0.0)), f"{name}: {got} vs {want}"
+
+
 def test_empty_batch(backend, device):
     out = qa_kernels.decode_spans(torch.randn(0, 7, device=device), torch.randn(0, 7, device=device), top_k=3)
     assert out.starts.shape == out.scores.shape == (0, 3) and out.null_scores.shape == (0,)
