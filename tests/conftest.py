@@ -27,13 +27,27 @@ def backends_under_test() -> list[str]:
     return names
 
 
-def pytest_sessionstart(session):
-    """CI sets QA_KERNELS_REQUIRE_NATIVE=1: a broken native build must fail the run, not shrink the
-    backend matrix to torch and triton in silence."""
-    if os.environ.get("QA_KERNELS_REQUIRE_NATIVE") == "1" and not qa_backend.native_available():
-        from qa_kernels import native
+REQUIRE_NATIVE = os.environ.get("QA_KERNELS_REQUIRE_NATIVE") == "1"
+REQUIRE_TRITON = os.environ.get("QA_KERNELS_REQUIRE_TRITON") == "1"
 
-        pytest.exit(f"QA_KERNELS_REQUIRE_NATIVE=1 but {native.unavailable_reason()}", returncode=1)
+
+def pytest_sessionstart(session):
+    """CI sets QA_KERNELS_REQUIRE_NATIVE=1 and QA_KERNELS_REQUIRE_TRITON=1: a broken native build
+    (or one without this device's kernels), a missing Triton or a switched-off interpreter must fail
+    the run, not shrink the backend matrix in silence."""
+    from qa_kernels import native
+
+    if REQUIRE_NATIVE:
+        if not qa_backend.native_available():
+            pytest.exit(f"QA_KERNELS_REQUIRE_NATIVE=1 but {native.unavailable_reason()}", returncode=1)
+        missing = [op for op in ("qa_head_fwd", "qa_head_bwd", "decode_spans") if not native.has_kernel(op, DEVICE)]
+        if DEVICE == "cuda":  # span decoding has no CUDA C++ kernel (Triton's serves CUDA)
+            missing = [op for op in missing if op != "decode_spans"]
+        if missing:
+            pytest.exit(f"QA_KERNELS_REQUIRE_NATIVE=1 but the native extension has no {DEVICE} kernel for {missing}", 1)
+    if REQUIRE_TRITON and "triton" not in backends_under_test():
+        why = "triton is not installed" if not qa_backend.triton_available() else "TRITON_INTERPRET is not 1 on CPU"
+        pytest.exit(f"QA_KERNELS_REQUIRE_TRITON=1 but {why}", returncode=1)
 
 
 @pytest.fixture
@@ -48,6 +62,8 @@ def backend(request):
         try:
             qa_backend.resolve(DEVICE)
         except RuntimeError as err:  # e.g. a Triton interpreter that cannot run here: say why
+            if (request.param == "native" and REQUIRE_NATIVE) or (request.param == "triton" and REQUIRE_TRITON):
+                pytest.fail(f"backend {request.param} is required here but cannot run: {err}")
             pytest.skip(str(err))
         yield request.param
 
