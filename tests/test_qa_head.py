@@ -363,10 +363,12 @@ def test_backend_selection(monkeypatch):
 def test_more_than_2_pow_31_elements(backend, device):
     """B*S*H > 2^31: every offset into hidden and grad_hidden past the int32 range must be int64.
     (B, S, H) = (512, 4096, 1040) in bf16: 4.4 GB for hidden."""
+    if backend == "torch":
+        pytest.skip("PyTorch's own operators index with int64; its float32 intermediates need 2x the memory")
     B, S, H = 512, 4096, 1040
     assert B * S * H > 2**31
-    if torch.cuda.get_device_properties(device).total_memory < 6 * 2 * B * S * H:
-        pytest.skip("needs 27 GB of GPU memory: hidden, two copies of it and two gradients (4.4 GB each)")
+    if torch.cuda.get_device_properties(device).total_memory < 8 * 2 * B * S * H:
+        pytest.skip("needs 35 GB of GPU memory: hidden, two copies of it and two gradients (4.4 GB each)")
     dtype = torch.bfloat16
     hidden, weight, b = make_inputs(B, S, H, dtype, device)
     start, end, _ = make_labels("mixed", B, S, device)
