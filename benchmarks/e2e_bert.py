@@ -8,8 +8,7 @@ under autocast BERT's last LayerNorm gives float32, which the eager head casts t
 head's share of the eager step. The two models are copies of one, timed interleaved with the
 harness of `qa-kernels bench`.
 
-The patched model is ``qa_kernels.patch(model)``; where that is not importable, the backbone is run
-and its output fed to ``qa_kernels.qa_head`` by hand (said in the output).
+The patched model is ``qa_kernels.patch(model)``.
 
 Meant for a GPU. On CPU it runs a tiny BERT (2 layers, H=128, B=2, S=64) as a smoke test.
 """
@@ -35,25 +34,6 @@ CONFIGS = {
     "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
 }
-
-
-def _patched(model: torch.nn.Module):
-    """(model, how): the model with the fused head, through qa_kernels.patch when it exists."""
-    patch = getattr(qa_kernels, "patch", None)
-    if patch is not None:
-        return patch(model), "qa_kernels.patch(model)"
-
-    class ByHand(torch.nn.Module):  # the backbone, then the fused head on its output
-        def __init__(self, qa_model):
-            super().__init__()
-            self.qa_model = qa_model
-
-        def forward(self, start_positions, end_positions, **inputs):
-            hidden = self.qa_model.bert(**inputs).last_hidden_state
-            head = self.qa_model.qa_outputs
-            return qa_kernels.qa_head(hidden, head.weight, head.bias, start_positions, end_positions)
-
-    return ByHand(model), "backbone + qa_kernels.qa_head by hand (qa_kernels.patch not importable)"
 
 
 def _step_fn(model, batch, device, autocast_dtype):
@@ -87,7 +67,7 @@ def _head_fns(hidden, weight, bias, start, end, device, autocast_dtype):
 def run_model(name: str, B: int, S: int, device: str, timer: Timer, head_timer: Timer, autocast_dtype) -> dict:
     config = transformers.BertConfig(**CONFIGS[name], max_position_embeddings=max(512, S))
     eager = transformers.BertForQuestionAnswering(config).to(device).train()
-    fused, how = _patched(copy.deepcopy(eager))
+    fused = qa_kernels.patch(copy.deepcopy(eager))
     batch = {
         "input_ids": torch.randint(0, config.vocab_size, (B, S), device=device),
         "attention_mask": torch.ones(B, S, dtype=torch.long, device=device),
@@ -119,7 +99,7 @@ def run_model(name: str, B: int, S: int, device: str, timer: Timer, head_timer: 
         "head_input_dtype": str(hidden.dtype).removeprefix("torch."),
         "step_eager_ms": step_eager, "step_fused_ms": step_fused, "step_saved_ms": step_eager - step_fused,
         "head_eager_ms": head_eager, "head_fused_ms": head_fused, "head_saved_ms": head_eager - head_fused,
-        "head_share_of_eager_step": head_eager / step_eager, "patched_by": how,
+        "head_share_of_eager_step": head_eager / step_eager,
     }  # fmt: skip
 
 
@@ -149,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [run_model(name, B, S, device, timer, head_timer, autocast_dtype) for name in models]
     print(f"one training step, eager vs fused head, on {env.describe()}")
     print(f"command: python benchmarks/e2e_bert.py {' '.join(sys.argv[1:] if argv is None else argv)}")
-    print(f"fused head through {rows[0]['patched_by']}; medians of interleaved runs")
+    print("fused: qa_kernels.patch(model); medians of interleaved runs")
     header = (
         f"{'model':10} {'B':>3} {'S':>4} {'H':>5} {'precision':16} {'step eager':>10} {'step fused':>10} "
         f"{'saved':>7} {'head eager':>10} {'head fused':>10} {'head share':>10}"

@@ -7,6 +7,7 @@ qa-kernels bench        time qa_kernels' kernels against eager PyTorch, torch.co
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shlex
 import sys
 from typing import Optional
@@ -121,6 +122,8 @@ def _bench(args: argparse.Namespace, command: str) -> int:
             parser.error(f"--providers: {p} cannot run on {device}: {reason}")
     if args.append and not args.csv:
         parser.error("--append: only with --csv PATH")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:  # before the run, not after it
+        parser.error("--plot: needs matplotlib, which is not installed (pip install 'qa-kernels[bench]')")
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads: must be >= 1; got {args.threads}")
@@ -136,7 +139,16 @@ def _bench(args: argparse.Namespace, command: str) -> int:
 
     torch.manual_seed(args.seed)
     env = bench.environment(device)
-    rows = bench.run(suite, env, shapes, dtypes, modes, providers, timer, progress=not args.no_progress)
+    rows: list[dict] = []
+    interrupted = False
+    try:
+        for row in bench.measure(suite, env, shapes, dtypes, modes, providers, timer, progress=not args.no_progress):
+            rows.append(row)
+    except KeyboardInterrupt:  # Ctrl-C or `timeout -s INT`: report (and write) what was measured
+        interrupted = True
+        print(f"\ninterrupted: keeping the {len(rows)} rows measured so far", file=sys.stderr)
+        if not rows:
+            return 130
 
     title = f"qa-kernels bench ({suite.name}) on {env.describe()}"
     print(title)
@@ -148,7 +160,7 @@ def _bench(args: argparse.Namespace, command: str) -> int:
     if args.plot:
         bench.plot(rows, args.plot, suite, metric=args.plot_metric, title=f"{title}\n{command}")
         print(f"wrote {args.plot}")
-    return 0
+    return 130 if interrupted else 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -73,6 +73,25 @@ def test_bench_every_provider_here(tmp_path, capsys):
         assert "triton" in capsys.readouterr().out
 
 
+def test_bench_interrupted_keeps_what_was_measured(tmp_path, capsys, monkeypatch):
+    """Ctrl-C (or `timeout -s INT`) half-way: the rows measured so far are printed and written, and
+    the exit status says the run was cut short."""
+    real, calls = harness.time_interleaved, []
+
+    def interrupt_on_the_second_mode(cases, timer):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(cases, timer)
+
+    monkeypatch.setattr(harness, "time_interleaved", interrupt_on_the_second_mode)
+    out_csv = tmp_path / "r.csv"
+    argv = ["bench", "--shapes", "2x16x32", "--providers", "eager", "--modes", "inference", "fwd", *TINY]
+    assert cli.main([*argv, "--csv", str(out_csv)]) == 130
+    assert [r["mode"] for r in _read(out_csv)] == ["inference"]
+    assert "keeping the 1 rows measured so far" in capsys.readouterr().err
+
+
 def test_bench_shows_a_progress_bar(capsys):
     assert cli.main(["bench", "--shapes", "1x4x8", "--providers", "eager", "--modes", "inference", *TINY[:-1]]) == 0
     assert "bench head" in capsys.readouterr().err

@@ -25,7 +25,7 @@ import os
 import platform
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
@@ -40,11 +40,21 @@ ROUNDS = 3  # interleaving rounds per (shape, dtype, mode)
 # line before writing it (write-allocate), so a kernel that mostly reads can beat "100% of copy".
 COPY_BYTES = {"cuda": 1 << 30, "cpu": 1 << 28}
 
-# Input sets are rotated until the bytes cycled through reach this many times the last-level cache,
-# so that a call never finds its inputs left in the cache by the previous call (do_bench also
-# clears the L2 before each call on CUDA; the rotation keeps the CPU loop honest too).
+# Input sets are rotated until the inputs held (read by every call) add up to this many times the
+# last-level cache, so that a call never finds its inputs left in the cache by an earlier call
+# (do_bench also clears the L2 before each call on CUDA; the rotation keeps the CPU loop honest
+# too), within a memory budget and a count: past those a shape is tiny enough (under 2x the cache
+# over MAX_INPUT_SETS, e.g. 128 KB for a 32 MB cache) that its time is mostly per-call overhead.
 ROTATE_CACHE_MULTIPLE = 2
-MAX_INPUT_SETS = 16
+ROTATION_BUDGET_BYTES = 2 << 30
+MAX_INPUT_SETS = 512
+
+
+def rotation_sets(set_bytes: int, cache_bytes: int) -> int:
+    """How many input sets of ``set_bytes`` each (what one call reads) to rotate through."""
+    wanted = math.ceil(ROTATE_CACHE_MULTIPLE * cache_bytes / max(set_bytes, 1))
+    return max(1, min(wanted, MAX_INPUT_SETS, ROTATION_BUDGET_BYTES // max(set_bytes, 1)))
+
 
 Fn = Callable[[], object]
 
@@ -300,10 +310,24 @@ def run(
     progress: bool = True,
 ) -> list[dict]:
     """Measures every (shape, dtype, mode, provider); one result row (a dict, :func:`columns`) each."""
+    return list(measure(suite, env, shapes, dtypes, modes, providers, timer, progress))
+
+
+def measure(
+    suite: Suite,
+    env: Environment,
+    shapes: Sequence[tuple[int, ...]],
+    dtypes: Sequence[str],
+    modes: Sequence[str],
+    providers: Sequence[str],
+    timer: Timer,
+    progress: bool = True,
+) -> Iterator[dict]:
+    """:func:`run`, yielding each (shape, dtype, mode)'s rows as soon as they are measured, so that
+    a caller interrupted half-way keeps what was measured."""
     from tqdm.auto import tqdm
 
     copy_gbps = copy_bandwidth_gbps(timer, env.cache_bytes)
-    rows = []
     total = len(shapes) * len(dtypes) * len(modes) * len(providers)
     with tqdm(total=total, desc=f"bench {suite.name}", unit="case", disable=not progress) as bar:
         for shape in shapes:
@@ -322,7 +346,7 @@ def run(
                         for p in providers:
                             median, p20, p80 = timings[p]
                             gbps = moved / median / 1e6
-                            rows.append(
+                            yield (
                                 {
                                     "suite": suite.name, "device": env.device_name, "torch": env.torch,
                                     "triton": env.triton, "threads": env.threads, "load_avg": round(env.load_avg, 2),
@@ -338,7 +362,6 @@ def run(
                         bar.update(len(providers))
                 finally:
                     work.close()
-    return rows
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import math
 from collections.abc import Callable, Sequence
 from typing import ClassVar, NamedTuple, Optional
 
@@ -23,7 +22,7 @@ import torch
 from .. import backend as qa_backend
 from .. import reference
 from ..functional import qa_head
-from .harness import kernel_unavailable
+from .harness import kernel_unavailable, rotation_sets
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -110,11 +109,8 @@ class HeadWorkload:
     def __init__(
         self, shape: tuple[int, int, int], dtype: str, device: str, providers: Sequence[str], cache_bytes: int
     ) -> None:
-        from .harness import MAX_INPUT_SETS, ROTATE_CACHE_MULTIPLE
-
         self.device = device
-        set_bytes = moved_bytes("fwd+bwd", shape, dtype)  # hidden + grad_hidden
-        n_sets = min(MAX_INPUT_SETS, max(1, math.ceil(ROTATE_CACHE_MULTIPLE * cache_bytes / set_bytes)))
+        n_sets = rotation_sets(moved_bytes("inference", shape, dtype), cache_bytes)  # hidden, read by every mode
         self.sets = [_make_inputs(shape, DTYPES[dtype], device) for _ in range(n_sets)]
         self.heads: dict[str, Callable] = {}
         self.contexts: dict[str, Callable] = {}

@@ -28,7 +28,6 @@ transformers also admits spans through the first token, but zeroes their score b
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable, Sequence
 from typing import ClassVar, NamedTuple, Optional
 
@@ -37,7 +36,7 @@ import torch
 
 from .. import backend as qa_backend
 from ..spans import decode_spans
-from .harness import kernel_unavailable
+from .harness import kernel_unavailable, rotation_sets
 from .head import DTYPES
 
 TOP_K = 20  # spans per feature
@@ -120,11 +119,7 @@ class SpansWorkload:
     def __init__(
         self, shape: tuple[int, int], dtype: str, device: str, providers: Sequence[str], cache_bytes: int
     ) -> None:
-        from .harness import MAX_INPUT_SETS, ROTATE_CACHE_MULTIPLE
-
-        n_sets = min(
-            MAX_INPUT_SETS, max(1, math.ceil(ROTATE_CACHE_MULTIPLE * cache_bytes / moved_bytes("decode", shape, dtype)))
-        )
+        n_sets = rotation_sets(moved_bytes("decode", shape, dtype), cache_bytes)
         self.sets = [make_features(*shape, device, DTYPES[dtype]) for _ in range(n_sets)]
         self._reference: Optional[list[tuple[int, int]]] = None  # transformers' best spans on sets[0]
         self._errors: dict[str, float] = {}
