@@ -11,6 +11,7 @@ the integration itself (dispatch, return types, unpatch, checkpoints) run once, 
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable
 
 import pytest
@@ -295,8 +296,12 @@ def test_positional_arguments(device):
     inputs = make_inputs("bert", device)
     start, end = positions("mixed", device)
     # BertForQuestionAnswering.forward(input_ids, attention_mask, token_type_ids, position_ids,
-    # inputs_embeds, start_positions, end_positions, ...)
-    args = (inputs["input_ids"], inputs["attention_mask"], None, None, None, start, end)
+    # inputs_embeds, start_positions, end_positions, ...); transformers 4.x has head_mask before
+    # inputs_embeds: the positions' places are read from the installed signature.
+    params = list(inspect.signature(transformers.BertForQuestionAnswering.forward).parameters)[1:]
+    args = [None] * (params.index("end_positions") + 1)
+    for key, value in dict(**inputs, start_positions=start, end_positions=end).items():
+        args[params.index(key)] = value
     ref, out = eager(*args), fused(*args)
     assert out.loss is not None
     assert_outputs_match(out, ref, FP32_TOL)
@@ -311,6 +316,13 @@ def test_num_items_in_batch(backend, device, name, num_items):
     start, end = positions("mixed", device)
     n = torch.tensor(7, device=device) if num_items == "tensor" else num_items
     inputs = dict(**make_inputs(name, device), start_positions=start, end_positions=end, num_items_in_batch=n)
+    if not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(type(eager).forward).parameters.values()):
+        # transformers 4.x: the encoders' forwards (and 4.40's Llama) take no **kwargs, so Trainer
+        # passes no num_items_in_batch; the patched forward refuses the keyword as eager does.
+        for model in (eager, fused):
+            with pytest.raises(TypeError, match="num_items_in_batch"):
+                model(**inputs)
+        return
     ref, out = eager(**inputs), fused(**inputs)
     mean_loss = eager(**{k: v for k, v in inputs.items() if k != "num_items_in_batch"}).loss
     if name == "llama":  # start has 2 valid rows, end 2: (sum_s / 7 + sum_e / 7) / 2 != the mean
@@ -483,6 +495,8 @@ def test_custom_loss_function_is_refused():
     """GenericForQuestionAnswering computes its loss with self.loss_function: a custom one cannot
     be fused, so it is refused rather than silently replaced."""
     model = _llama()
+    if not hf._loss_takes_kwargs(type(model)):
+        pytest.skip("this transformers' LlamaForQuestionAnswering computes its loss inline (older 4.x)")
     model.loss_function = lambda *args, **kwargs: torch.tensor(0.0)
     with pytest.raises(hf.UnsupportedModelError, match="loss_function"):
         qa_kernels.patch(model)
@@ -538,13 +552,13 @@ def test_supported_list_covers_the_installed_transformers():
     import transformers.models.auto.modeling_auto as auto
 
     names = set(auto.MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES.values())
-    from transformers.modeling_layers import GenericForQuestionAnswering
+    generic_cls = hf._generic_qa_class()  # None before transformers 4.53
 
     for name in sorted(names):
         cls = getattr(transformers, name, None)
         if cls is None:
             continue
-        generic = cls.forward is GenericForQuestionAnswering.forward
+        generic = generic_cls is not None and cls.forward is generic_cls.forward
         assert name in hf.supported_models() or name in hf.NOT_SUPPORTED or generic, name
 
 
@@ -554,8 +568,6 @@ def test_positions_reach_nothing_but_the_loss_in_the_installed_sources():
     `if start_positions is not None and end_positions is not None:` (the loss), or two where the
     first turns the cache off (the classes listed in hf.NO_CACHE_WITH_LABELS, which the patch
     mirrors)."""
-    import inspect
-
     check = "if start_positions is not None and end_positions is not None:"
     seen = 0
     for name in hf.supported_models():
@@ -569,4 +581,4 @@ def test_positions_reach_nothing_but_the_loss_in_the_installed_sources():
         else:
             assert count == 1, f"{name}: {count} checks of both positions"
         seen += 1
-    assert seen >= 60, seen
+    assert seen >= 55, seen  # 59 of them exist in transformers 4.40, 73 in 5.24

@@ -93,6 +93,11 @@ SUPPORTED: tuple[tuple[str, str], ...] = (
     ("xlnet", "XLNetForQuestionAnsweringSimple"),
     ("xmod", "XmodForQuestionAnswering"),
     ("yoso", "YosoForQuestionAnswering"),
+    # transformers 4.x only (deprecated in 4.4x, removed in 5.0): the same forward as BERT's
+    ("ernie_m", "ErnieMForQuestionAnswering"),
+    ("mega", "MegaForQuestionAnswering"),
+    ("nezha", "NezhaForQuestionAnswering"),
+    ("qdqbert", "QDQBertForQuestionAnswering"),
     # decoder-only, inline loss (or self.loss_function without **kwargs)
     ("bloom", "BloomForQuestionAnswering"),
     ("falcon", "FalconForQuestionAnswering"),
