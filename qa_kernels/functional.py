@@ -6,8 +6,10 @@ from typing import Optional, Union
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import ops
+from .backend import implementation
 from .outputs import QAHeadOutput
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -130,7 +132,24 @@ def qa_head(
     if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
         cast_dtype = torch.get_autocast_dtype(device_type)
 
-    start_logits, end_logits, loss, _, _ = ops.qa_head_fwd(
-        hidden, weight, bias, start_positions, end_positions, num_items, num_items_value, cast_dtype
-    )
+    args = (hidden, weight, bias, start_positions, end_positions, num_items, num_items_value, cast_dtype)
+    if _plain_call(hidden, weight, bias, start_positions, end_positions, num_items):
+        start_logits, end_logits, loss, _, _ = implementation(device_type).qa_head_fwd(*args)
+    else:
+        start_logits, end_logits, loss, _, _ = ops.qa_head_fwd(*args)
     return QAHeadOutput(start_logits, end_logits, loss if start_positions is not None else None)
+
+
+def _plain_call(*tensors: Optional[Tensor]) -> bool:
+    """Nothing to differentiate and nobody watching: serving, evaluation. The op's implementation
+    is then called directly, without the custom op's Python dispatch, which costs more than the
+    kernel at serving sizes (measured on CPU, (1, 384, 768) fp32: 16 us of 59). Same function, same
+    numbers. The registered op still runs whenever autograd needs it, or a tracer (torch.compile,
+    fake or other tensor subclasses, dispatch and function modes) should see it."""
+    if torch.compiler.is_compiling():
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return False
+    if any(t is not None and type(t) is not Tensor for t in tensors):
+        return False
+    return _get_current_dispatch_mode() is None and not torch._C._is_torch_function_mode_enabled()

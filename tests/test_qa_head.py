@@ -383,3 +383,37 @@ def test_more_than_2_pow_31_elements(backend, device):
             assert_close(x[-1], y[-1], tol, f"{name}[B-1]")
     for x, y, name in zip(grads[1:], ref_grads[1:], ["dw", "db"], strict=True):
         assert_close(x, y, TOLERANCE["eager_reduction"][dtype], name)
+
+
+@pytest.mark.parametrize("labels", ["none", "mixed"])
+def test_calls_without_autograd_skip_the_op_dispatch_not_the_numbers(backend, device, labels, monkeypatch):
+    """Under no_grad (serving, evaluation) qa_head calls the implementation directly: bitwise the
+    outputs of the registered op, which still runs when autograd or a dispatch mode needs it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from qa_kernels import ops
+
+    B, S, H = 3, 7, 31
+    hidden, weight, b = make_inputs(B, S, H, torch.float32, device)
+    start, end, _ = make_labels(labels, B, S, device)
+    calls = []
+    real_op = ops.qa_head_fwd
+    monkeypatch.setattr(ops, "qa_head_fwd", lambda *args: calls.append(1) or real_op(*args))
+
+    with torch.no_grad():
+        fast = qa_kernels.qa_head(hidden, weight, b, start, end)
+    assert calls == []
+    via_op = qa_kernels.qa_head(hidden.requires_grad_(), weight, b, start, end)  # autograd: the op
+    assert calls == [1]
+    for x, y in zip(fast, via_op, strict=True):
+        assert (x is None and y is None) or torch.equal(x, y.detach())
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    seen = []
+    with torch.no_grad(), Record():
+        qa_kernels.qa_head(hidden, weight, b, start, end)
+    assert "qa_kernels.qa_head_fwd.default" in seen
