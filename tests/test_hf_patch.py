@@ -96,6 +96,13 @@ def _gpt2():
     return transformers.GPT2ForQuestionAnswering(config)
 
 
+def _gpt_neox():  # not in MODELS: its forward calls self.loss_function without **kwargs (custom-loss test)
+    config = transformers.GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                        num_attention_heads=4, max_position_embeddings=64, hidden_dropout=0.0,
+                                        attention_dropout=0.0, **_EAGER)  # fmt: skip
+    return transformers.GPTNeoXForQuestionAnswering(config)
+
+
 def _opt():  # the head sits on word_embed_proj_dim (16), not hidden_size (32)
     config = transformers.OPTConfig(vocab_size=VOCAB, hidden_size=32, word_embed_proj_dim=16, num_hidden_layers=2,
                                     num_attention_heads=4, ffn_dim=37, max_position_embeddings=64, dropout=0.0,
@@ -242,10 +249,13 @@ def test_patched_matches_eager(backend, device, name):
     assert_grads_match(fused, eager)
 
 
-@pytest.mark.parametrize("name", ["bert", "t5"])
+@pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("labels", ["none", "start_only"])
-def test_without_both_positions_no_loss(backend, device, name, labels):
-    """No positions (inference), or only one side: eager returns loss=None; so does the patch."""
+def test_without_both_positions_no_loss(device, name, labels):
+    """No positions (inference), or only one side: eager returns loss=None; so does the patch, and
+    every output field and gradient matches. What is tested is the routing of the arguments (the
+    positions put back where they came from), which does not depend on the backend: it runs on the
+    default one; the op without positions is held to every backend in tests/test_qa_head.py."""
     eager, fused = twin(name, device)
     inputs = make_inputs(name, device)
     if labels == "start_only":
@@ -258,7 +268,7 @@ def test_without_both_positions_no_loss(backend, device, name, labels):
     assert_grads_match(fused, eager)
 
 
-@pytest.mark.parametrize("name", ["bert", "longformer", "llama", "bart"])
+@pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("labels", [True, False])
 def test_return_dict_false(device, name, labels):
     """A tuple, the loss first when there is one, then exactly eager's other elements."""
@@ -367,7 +377,7 @@ class _CountCalls:
         return self.fn(*args, **kwargs)
 
 
-@pytest.mark.parametrize("name", ["bert", "llama", "t5"])
+@pytest.mark.parametrize("name", list(MODELS))
 def test_unpatch_restores_eager(device, name, monkeypatch):
     """unpatch() gives back the original class and a plain nn.Linear head, the fused op no longer
     runs, and the outputs are bit-identical to a model that was never patched."""
@@ -419,28 +429,31 @@ def test_head_replaced_after_patch(device):
     assert_outputs_match(fused(**inputs), eager(**inputs), FP32_TOL)
 
 
-def test_state_dict_and_checkpoints_round_trip(device, tmp_path):
+@pytest.mark.parametrize("name", list(MODELS))
+def test_state_dict_and_checkpoints_round_trip(device, tmp_path, name):
     """Same keys and tensors; eager state loads into patched and back; save_pretrained of a
     patched model loads as the plain class (architectures names it) and the reverse."""
-    eager, fused = twin("bert", device)
+    eager, fused = twin(name, device)
+    cls = type(eager)
     sd_eager, sd_fused = eager.state_dict(), fused.state_dict()
     assert list(sd_fused) == list(sd_eager) and "qa_outputs.weight" in sd_fused and "qa_outputs.bias" in sd_fused
     assert all(torch.equal(sd_fused[k], sd_eager[k]) for k in sd_eager)
 
     with torch.no_grad():  # load a different eager state into the patched model, then back
-        other = MODELS["bert"]().to(device)
+        other = MODELS[name]().to(device)
         fused.load_state_dict(other.state_dict(), strict=True)
         assert torch.equal(fused.qa_outputs.weight, other.qa_outputs.weight)
         eager.load_state_dict(fused.state_dict(), strict=True)
         assert torch.equal(eager.qa_outputs.bias, other.qa_outputs.bias)
 
     fused.save_pretrained(tmp_path / "patched")
-    loaded = transformers.BertForQuestionAnswering.from_pretrained(tmp_path / "patched")
-    assert loaded.config.architectures == ["BertForQuestionAnswering"] and not hf.is_patched(loaded)
+    loaded = cls.from_pretrained(tmp_path / "patched")
+    assert loaded.config.architectures == [cls.__name__] and not hf.is_patched(loaded)
+    assert type(loaded) is cls
     assert all(torch.equal(v, sd_fused[k].cpu()) for k, v in loaded.state_dict().items())
     eager.save_pretrained(tmp_path / "eager")
     reloaded = qa_kernels.patch(transformers.AutoModelForQuestionAnswering.from_pretrained(tmp_path / "eager"))
-    assert hf.is_patched(reloaded)
+    assert hf.is_patched(reloaded) and isinstance(reloaded, cls)
     assert all(torch.equal(v, sd_fused[k].cpu()) for k, v in reloaded.state_dict().items())
 
 
@@ -491,16 +504,33 @@ def test_unsupported_model_is_refused_untouched(make, why):
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
-def test_custom_loss_function_is_refused():
-    """GenericForQuestionAnswering computes its loss with self.loss_function: a custom one cannot
-    be fused, so it is refused rather than silently replaced."""
-    model = _llama()
-    if not hf._loss_takes_kwargs(type(model)):
-        pytest.skip("this transformers' LlamaForQuestionAnswering computes its loss inline (older 4.x)")
-    model.loss_function = lambda *args, **kwargs: torch.tensor(0.0)
-    with pytest.raises(hf.UnsupportedModelError, match="loss_function"):
-        qa_kernels.patch(model)
-    assert not hf.is_patched(model)
+@pytest.mark.parametrize("factory", [_llama, _gpt_neox], ids=["llama", "gpt_neox"])
+def test_custom_loss_function_is_refused(device, factory):
+    """A forward that computes its loss with self.loss_function (GenericForQuestionAnswering: Llama;
+    GPT-NeoX's own forward, which passes it no **kwargs) honours a custom loss_function set on the
+    model. The fused op cannot, so patch() refuses it, naming the class, rather than silently
+    replacing it. Whether eager uses the attribute is observed, not read from the source: where it
+    does not (transformers 4.40 computes both losses inline), patching it is right and keeps eager's
+    loss. The default loss_function is patched and matches eager either way."""
+    eager = factory().to(device)
+    fused = qa_kernels.patch(copy.deepcopy(eager))
+    start, end = positions("valid", device)
+    inputs = dict(input_ids=make_inputs("llama", device)["input_ids"], start_positions=start, end_positions=end)
+    assert_close(fused(**inputs).loss, eager(**inputs).loss, FP32_TOL, "loss with the default loss_function")
+
+    custom = 123.0
+    eager.loss_function = lambda *args, **kwargs: torch.tensor(custom, device=device)
+    eager_uses_it = eager(**inputs).loss.item() == custom
+    assert hf._calls_loss_function(type(eager)) == eager_uses_it, "the source check disagrees with eager"
+    if not eager_uses_it:  # eager ignores the attribute: so may the patch
+        ref = eager(**inputs).loss
+        assert_close(qa_kernels.patch(copy.deepcopy(eager))(**inputs).loss, ref, FP32_TOL, "loss")
+        return
+    with pytest.raises(hf.UnsupportedModelError, match="loss_function") as info:
+        qa_kernels.patch(eager)
+    assert type(eager).__name__ in str(info.value)
+    assert not hf.is_patched(eager) and type(eager.qa_outputs) is nn.Linear
+    assert eager(**inputs).loss.item() == custom  # untouched: still the user's loss
 
 
 def test_wrapped_model_is_refused():

@@ -20,10 +20,11 @@ the installed transformers version: the backbone call and its keywords (Longform
 attention mask, T5's shifted decoder inputs, ``**kwargs``), DistilBert's dropout before the head,
 LayoutLMv2's slicing, every output field (hidden_states, attentions, Longformer's
 global_attentions, the Seq2Seq fields, Luke's entity states), ``return_dict=False`` tuples. No
-per-model copy of any forward exists here; the one per-class fact it needs (does the forward pass
-its ``**kwargs``, hence Trainer's ``num_items_in_batch``, to ``self.loss_function``?) is read from
-the class. The parameters stay where they are (``qa_outputs.weight`` / ``qa_outputs.bias``), so
-state_dicts and checkpoints move freely between patched and unpatched models.
+per-model copy of any forward exists here; the two per-class facts it needs (does the forward call
+``self.loss_function`` at all, so that a custom one must be refused? does it pass its ``**kwargs``,
+hence Trainer's ``num_items_in_batch``, to it?) are read from the class. The parameters stay where
+they are (``qa_outputs.weight`` / ``qa_outputs.bias``), so state_dicts and checkpoints move freely
+between patched and unpatched models.
 
 Class swapping (rather than an instance ``forward`` attribute) keeps the patch with the module
 through ``copy.deepcopy``, pickling, ``nn.DataParallel``'s replicas and FSDP's own class swap.
@@ -259,6 +260,22 @@ def _loss_takes_kwargs(cls: type) -> bool:
     return "self.loss_function(start_logits, end_logits, start_positions, end_positions, **kwargs)" in source
 
 
+def _calls_loss_function(cls: type) -> bool:
+    """Whether ``cls.forward`` computes its loss with ``self.loss_function`` at all, with or without
+    ``**kwargs`` (GenericForQuestionAnswering; GPT-NeoX's own forward passes none). For these a
+    user can set ``model.loss_function``, which the fused op cannot honour: :func:`patch` refuses a
+    custom one. The inline encoders (and transformers 4.4x's copies) never read the attribute."""
+    generic = _generic_qa_class()
+    forward = inspect.unwrap(cls.forward)
+    if generic is not None and forward is inspect.unwrap(generic.forward):
+        return True
+    try:
+        source = inspect.getsource(forward)
+    except (OSError, TypeError):
+        return False
+    return "self.loss_function(" in source
+
+
 def _runs_supported_forward(cls: type) -> bool:
     """Whether ``cls.forward`` is the forward of a supported transformers class."""
     generic = _generic_qa_class()
@@ -404,7 +421,7 @@ def _check_patchable(model: nn.Module) -> None:
     head = getattr(model, _HEAD, None)
     if type(head) is not nn.Linear or head.out_features != 2:
         raise _unsupported(model, f"its {_HEAD} is {head!r}, not a plain nn.Linear(H, 2)")
-    if _loss_takes_kwargs(type(model)):
+    if _calls_loss_function(type(model)):
         from transformers.loss.loss_utils import ForQuestionAnsweringLoss
 
         if model.loss_function is not ForQuestionAnsweringLoss:
