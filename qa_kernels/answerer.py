@@ -11,15 +11,19 @@ null score, as transformers' pipeline and the SQuAD examples do).
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 import torch
 
 from .spans import SCORES, decode_spans
+
+if TYPE_CHECKING:
+    from transformers import BatchEncoding
 
 
 @dataclass(frozen=True)
@@ -32,21 +36,48 @@ class Answer:
     end: int  # one past the last character
 
 
+def _check_int(name: str, value: Any, *, low: int, high: Optional[int] = None, high_name: str = "") -> int:
+    """``value`` as an int in ``[low, high)`` (no upper bound without ``high``), or an error naming
+    the argument, what it got and what is expected. Integral types (numpy's too) are accepted; bools,
+    floats (even whole ones) and strings are not."""
+    expected = f"an int >= {low}" if high is None else f"an int in [{low}, {high_name or high})"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"QuestionAnswerer: {name} must be {expected}; got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if value < low or (high is not None and value >= high):
+        raise ValueError(f"QuestionAnswerer: {name} must be {expected}; got {value}")
+    return value
+
+
 class QuestionAnswerer:
     """Answers batches of (question, context) pairs with an extractive QA model.
 
+    The caller's model object itself is changed, in place, by the constructor: it is switched to
+    eval mode (``model.eval()``, as the pipeline did), and with ``fused_head=True`` (the default) a
+    supported model is patched with :func:`qa_kernels.patch`, so it keeps running the fused head
+    after the answerer is gone, in training too. No copy is made. To get the model back as it was,
+    call ``qa_kernels.unpatch(model)`` and ``model.train()`` if it was training; to leave it
+    untouched, pass ``copy.deepcopy(model)`` (or ``fused_head=False``, which still sets eval mode).
+
     Args:
         model: a transformers ``*ForQuestionAnswering`` model (any module whose output has
-            ``start_logits`` and ``end_logits``, or is a tuple starting with them). It is put in eval
-            mode, as the pipeline did. With ``fused_head=True`` it is patched with the fused QA head
-            through ``qa_kernels.patch`` when this build has it and the model is supported.
+            ``start_logits`` and ``end_logits``, or is a tuple starting with them). Put in eval mode
+            and, with ``fused_head=True``, patched in place (see above).
         tokenizer: its fast tokenizer (the offset mapping needs one).
-        max_length: tokens per feature (question, context part and special tokens).
-        stride: tokens of context shared by consecutive features of one long context.
-        max_answer_len: the longest answer, in tokens.
+        max_length: tokens per feature (question, context part and special tokens): an int >= 1.
+        stride: tokens of context shared by consecutive features of one long context: an int in
+            ``[0, max_length)``.
+        max_answer_len: the longest answer, in tokens: an int >= 1.
         score: ``"prob"`` (transformers' pipeline: start x end probabilities) or ``"logit"`` (the
             SQuAD examples: start + end logits).
-        batch_size: features per forward pass.
+        batch_size: features per forward pass: an int >= 1.
+        fused_head: patch the model with the fused QA head when it is supported; an unsupported
+            model runs unfused, with a warning.
+
+    Raises:
+        TypeError: a tokenizer that is not fast; an integer argument that is not an int (a bool, a
+            float such as ``3.5``, a string such as ``"384"``).
+        ValueError: an integer argument out of its range; an unknown ``score``.
     """
 
     def __init__(
@@ -65,13 +96,12 @@ class QuestionAnswerer:
             raise TypeError(
                 f"QuestionAnswerer needs a fast tokenizer (for the offset mapping); got {type(tokenizer).__name__}"
             )
-        if score not in SCORES:
-            raise ValueError(f"score must be one of {SCORES}; got {score!r}")
-        for name, value in (("max_length", max_length), ("max_answer_len", max_answer_len), ("batch_size", batch_size)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1; got {value}")
-        if not 0 <= stride < max_length:
-            raise ValueError(f"stride must be in [0, max_length = {max_length}); got {stride}")
+        if not isinstance(score, str) or score not in SCORES:
+            raise ValueError(f"QuestionAnswerer: score must be one of {SCORES}; got {score!r}")
+        max_length = _check_int("max_length", max_length, low=1)
+        stride = _check_int("stride", stride, low=0, high=max_length, high_name=f"max_length = {max_length}")
+        max_answer_len = _check_int("max_answer_len", max_answer_len, low=1)
+        batch_size = _check_int("batch_size", batch_size, low=1)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -99,7 +129,7 @@ class QuestionAnswerer:
         parameter = next(self.model.parameters(), None)
         return parameter.device if parameter is not None else torch.device("cpu")
 
-    def tokenize(self, questions: Sequence[str], contexts: Sequence[str]):
+    def tokenize(self, questions: Sequence[str], contexts: Sequence[str]) -> BatchEncoding:
         """The features: a ``BatchEncoding`` with ``overflow_to_sample_mapping`` and ``offset_mapping``."""
         questions = [q.lstrip() for q in questions]  # leading spaces make some tokenizers truncate badly
         first, second = (questions, contexts) if self.question_first else (contexts, questions)
@@ -110,7 +140,7 @@ class QuestionAnswerer:
             return_overflowing_tokens=True, return_offsets_mapping=True, return_tensors="pt",
         )  # fmt: skip
 
-    def context_mask(self, encoding) -> torch.Tensor:
+    def context_mask(self, encoding: BatchEncoding) -> torch.Tensor:
         """``(F, S)`` bool: the tokens of each feature that belong to the context."""
         context_id = 1 if self.question_first else 0
         num_features = encoding["input_ids"].shape[0]
@@ -118,7 +148,7 @@ class QuestionAnswerer:
         return torch.from_numpy(np.array(rows, dtype=np.bool_))
 
     @torch.inference_mode()
-    def logits(self, encoding) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(self, encoding: BatchEncoding) -> tuple[torch.Tensor, torch.Tensor]:
         """``(F, S)`` start and end logits of every feature, on the model's device."""
         device = self.device
         inputs = {k: encoding[k] for k in self.tokenizer.model_input_names if k in encoding}

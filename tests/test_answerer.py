@@ -187,3 +187,59 @@ def test_bad_arguments(tokenizer):
         qa(["a?", "b?"], ["only one context"])
     with pytest.raises(ValueError, match="top_k"):
         qa("a?", "context", top_k=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        (dict(max_length=3.5), TypeError, "max_length must be an int >= 1; got 3.5 (float)"),
+        (dict(max_length="384"), TypeError, "max_length must be an int >= 1; got '384' (str)"),
+        (dict(max_length=True), TypeError, "max_length must be an int >= 1; got True (bool)"),
+        (dict(max_length=0), ValueError, "max_length must be an int >= 1; got 0"),
+        (dict(stride=8.0), TypeError, "stride must be an int in [0, max_length = 384); got 8.0 (float)"),
+        (dict(stride=None), TypeError, "stride must be an int in [0, max_length = 384); got None (NoneType)"),
+        (dict(stride=-1), ValueError, "stride must be an int in [0, max_length = 384); got -1"),
+        (dict(max_length=16, stride=16), ValueError, "stride must be an int in [0, max_length = 16); got 16"),
+        (dict(max_answer_len=15.0), TypeError, "max_answer_len must be an int >= 1; got 15.0 (float)"),
+        (dict(max_answer_len=0), ValueError, "max_answer_len must be an int >= 1; got 0"),
+        (dict(batch_size="32"), TypeError, "batch_size must be an int >= 1; got '32' (str)"),
+        (dict(batch_size=-2), ValueError, "batch_size must be an int >= 1; got -2"),
+    ],
+)
+def test_bad_numeric_arguments_name_the_argument(tokenizer, kwargs, error, message):
+    """Each integer argument is checked for type and range; the error names the argument, what it got
+    and what is expected. Nothing is done to the model before the checks pass."""
+    model = PointingModel(tokenizer, "paris", "paris").train()
+    with pytest.raises(error) as info:
+        qa_kernels.QuestionAnswerer(model, tokenizer, fused_head=False, **kwargs)
+    assert str(info.value) == f"QuestionAnswerer: {message}"
+    assert model.training
+
+
+def test_numpy_integers_are_accepted(tokenizer):
+    model = PointingModel(tokenizer, "paris", "paris")
+    qa = qa_kernels.QuestionAnswerer(
+        model, tokenizer, max_length=np.int64(32), stride=np.int32(8), max_answer_len=np.int16(5), fused_head=False
+    )
+    assert (qa.max_length, qa.stride, qa.max_answer_len) == (32, 8, 5)
+    assert all(type(v) is int for v in (qa.max_length, qa.stride, qa.max_answer_len, qa.batch_size))
+    assert qa("Which city?", "The capital of France is Paris.")[0][0].text == "Paris"
+
+
+def test_model_is_patched_in_place_and_put_in_eval_mode(tokenizer):
+    """As documented: the caller's own model object is switched to eval() and (fused_head=True)
+    patched in place; unpatch() and train() give it back."""
+    from qa_kernels.integrations import hf
+
+    config = transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=37, max_position_embeddings=64,
+    )  # fmt: skip
+    model = transformers.BertForQuestionAnswering(config).train()
+    qa = qa_kernels.QuestionAnswerer(model, tokenizer, max_length=32, stride=8)
+    assert qa.model is model and qa.fused_head
+    assert hf.is_patched(model) and not model.training
+    qa_kernels.unpatch(model).train()
+    assert type(model) is transformers.BertForQuestionAnswering and model.training
+    unfused = qa_kernels.QuestionAnswerer(model, tokenizer, fused_head=False)
+    assert unfused.model is model and not hf.is_patched(model) and not model.training
