@@ -532,6 +532,12 @@ def test_custom_loss_function_is_refused(device, factory):
     assert not hf.is_patched(eager) and type(eager.qa_outputs) is nn.Linear
     assert eager(**inputs).loss.item() == custom  # untouched: still the user's loss
 
+    # Set after patch(): the patched forward refuses to drop it (no silent change of the loss).
+    fused.loss_function = eager.loss_function
+    with pytest.raises(RuntimeError, match=r"loss_function was replaced after patch\(\)"):
+        fused(**inputs)
+    assert fused(input_ids=inputs["input_ids"]).start_logits.shape == inputs["input_ids"].shape  # no labels: fine
+
 
 def test_wrapped_model_is_refused():
     model = torch.compile(_bert(), backend="eager")

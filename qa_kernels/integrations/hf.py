@@ -298,6 +298,7 @@ def _fused_forward_for(cls: type):
         raise _unsupported(cls, "its forward takes no start_positions / end_positions")
     start_index, end_index = params.index("start_positions"), params.index("end_positions")
     loss_takes_kwargs = _loss_takes_kwargs(cls)
+    calls_loss_function = _calls_loss_function(cls)
     defining = next(base for base in cls.__mro__ if "forward" in vars(base))
     no_cache_with_labels = defining.__name__ in NO_CACHE_WITH_LABELS and "use_cache" in params
     use_cache_index = params.index("use_cache") if no_cache_with_labels else -1
@@ -332,6 +333,15 @@ def _fused_forward_for(cls: type):
                 f"qa_kernels: {type(self).__name__}.{_HEAD} was replaced after patch() (it is a "
                 f"{type(head).__name__}); call qa_kernels.patch(model) again"
             )
+        if calls_loss_function:
+            from transformers.loss.loss_utils import ForQuestionAnsweringLoss
+
+            if self.loss_function is not ForQuestionAnsweringLoss:  # set after patch(): not ours to drop
+                raise RuntimeError(
+                    f"qa_kernels: {type(self).__name__}.loss_function was replaced after patch() (it is "
+                    f"{self.loss_function!r}); the fused op computes transformers' QA loss only: "
+                    "qa_kernels.unpatch(model) to use a custom loss"
+                )
         if no_cache_with_labels:  # as eager does when it sees both positions
             if len(args) > use_cache_index:
                 args[use_cache_index] = False
