@@ -102,6 +102,9 @@ class QuestionAnswerer:
         stride = _check_int("stride", stride, low=0, high=max_length, high_name=f"max_length = {max_length}")
         max_answer_len = _check_int("max_answer_len", max_answer_len, low=1)
         batch_size = _check_int("batch_size", batch_size, low=1)
+        if not isinstance(fused_head, bool):
+            got = f"{fused_head!r} ({type(fused_head).__name__})"
+            raise TypeError(f"QuestionAnswerer: fused_head must be a bool; got {got}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = max_length

@@ -204,14 +204,15 @@ def test_bad_arguments(tokenizer):
         (dict(max_answer_len=0), ValueError, "max_answer_len must be an int >= 1; got 0"),
         (dict(batch_size="32"), TypeError, "batch_size must be an int >= 1; got '32' (str)"),
         (dict(batch_size=-2), ValueError, "batch_size must be an int >= 1; got -2"),
+        (dict(fused_head="no"), TypeError, "fused_head must be a bool; got 'no' (str)"),
     ],
 )
 def test_bad_numeric_arguments_name_the_argument(tokenizer, kwargs, error, message):
-    """Each integer argument is checked for type and range; the error names the argument, what it got
-    and what is expected. Nothing is done to the model before the checks pass."""
+    """Each integer argument is checked for type and range (fused_head for type); the error names the
+    argument, what it got and what is expected. Nothing is done to the model before the checks pass."""
     model = PointingModel(tokenizer, "paris", "paris").train()
     with pytest.raises(error) as info:
-        qa_kernels.QuestionAnswerer(model, tokenizer, fused_head=False, **kwargs)
+        qa_kernels.QuestionAnswerer(model, tokenizer, **{"fused_head": False, **kwargs})
     assert str(info.value) == f"QuestionAnswerer: {message}"
     assert model.training
 
