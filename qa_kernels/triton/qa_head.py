@@ -30,16 +30,23 @@ from ..backend import triton_interpreter_on
 # ----------------------------------------------------------------------------------------------
 # Launch heuristics, in one place. The interpreter's cost is per program and per op, so it gets
 # the largest blocks. On a GPU: no register spills and moderate register use, checked by compiling
-# for sm_90 without a GPU (tests/triton_aot.py; bf16, contiguous): the forward at (16, 256, 4)
-# uses 80 registers; the backward at (32, 256, 4) 160 (at (16, 256, 4) it would use 105 but write
-# twice the grad_weight partials: 2 * 4 * H bytes per program). Not yet tuned on hardware.
+# for sm_90 without a GPU (tests/triton_aot.py, with Triton 3.6 and 3.9; contiguous; S = 384 with
+# its divisible-by-16 hint, S = 383 without): the forward at (16, 256, 4) uses 70-127 registers.
+# The backward keeps BLOCK_S = 32 (BLOCK_S = 16 would write twice the grad_weight partials:
+# 2 * 4 * H bytes per program) over 16 warps: at 4 warps it used 71-253 registers, and with the
+# S % 16 == 0 hint Triton 3.9 spilled 8 bytes (bf16, logit gradients, no loss: 128 registers; 8 warps
+# spilled on 3.6 and 3.9 too); at 16 it uses at most 86, no stack, on both. Not yet tuned on hardware.
 # ----------------------------------------------------------------------------------------------
 #                      (BLOCK_S, BLOCK_H, num_warps)
 _GPU_FWD_BLOCKS = (16, 256, 4)
-_GPU_BWD_BLOCKS = (32, 256, 4)
+_GPU_BWD_BLOCKS = (32, 256, 16)
 _INTERPRETER_TOKEN_BLOCKS = (256, 1024, 1)
-_GPU_LOSS_TILE = 4096  # elements of logits one loss-kernel step holds (BLOCK_B x BLOCK_S) ...
-_GPU_LOSS_WARPS = 8  # ... over 8 warps: at 4 the sm_90 build spilled 16 bytes (tests/triton_aot.py)
+# The loss kernel (one program, latency-bound) takes 4096 logits per step (BLOCK_B x BLOCK_S: 8 x 512
+# at S = 384) over 32 warps. At 4, 8 and 16 warps ptxas spilled on Triton 3.6 or 3.9 (B = 31,
+# S = 383: 3.6 spilled 24 bytes at 8 warps, 128 registers; 3.9 up to 16 bytes at 16; both at 4); at
+# 32 it uses at most 64 registers (the cap at 1024 threads), no stack, on both.
+_GPU_LOSS_TILE = 4096
+_GPU_LOSS_WARPS = 32
 _INTERPRETER_LOSS_TILE = 1 << 16
 _GPU_REDUCE_BLOCKS = (64, 32)  # (BLOCK_P, BLOCK_H): narrow in H so that H / 32 programs share the reduction
 _INTERPRETER_REDUCE_BLOCKS = (256, 1024)

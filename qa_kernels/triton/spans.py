@@ -33,10 +33,12 @@ _MASKED_C = tl.constexpr(MASKED_LOGIT)
 # one of them int64), so longer rows get more warps; the band tile of step 2 holds about
 # _GPU_BAND_TILE elements. The interpreter's cost is per op, so it takes the whole band at once.
 # ----------------------------------------------------------------------------------------------
-# 16 warps from 4096 tokens: at 8 warps the sm_90 build of a masked 4096-token row spilled
-# (tests/triton_aot.py); at 16 it uses 84 registers and no stack.
+# 32 warps from 4096 tokens (tests/triton_aot.py, sm_90): at 8 warps the masked 4096-token row
+# spilled; at 16, Triton 3.6's ptxas spilled 16 bytes (64 registers) on an unmasked 4095-token row
+# with logit scores; at 32 every checked 4096-token variant uses 54-62 registers, no stack, on 3.6
+# and 3.9. Speed at 32 warps not yet measured on hardware.
 #                  rows up to (BLOCK_S)  num_warps
-_GPU_ROW_WARPS = ((1024, 4), (2048, 8), (MAX_SEQUENCE_LENGTH + 1, 16))
+_GPU_ROW_WARPS = ((1024, 4), (2048, 8), (MAX_SEQUENCE_LENGTH + 1, 32))
 _GPU_BAND_TILE = 4096
 _MAX_BLOCK_K = 1024  # ranks written per store when filling the ranks past the candidates
 
