@@ -10,7 +10,7 @@ the table, the CSV and the plot. Adding a suite is a module with a class followi
 
 from __future__ import annotations
 
-from .harness import Environment, Suite, Timer, environment, format_table, measure, plot, read_csv, run, write_csv
+from .harness import Environment, Suite, Timer, environment, format_table, measure, plot, read_csv, write_csv
 from .head import HeadSuite
 from .spans import SpansSuite
 
@@ -26,6 +26,5 @@ __all__ = [
     "measure",
     "plot",
     "read_csv",
-    "run",
     "write_csv",
 ]

@@ -299,20 +299,6 @@ def columns(suite: Suite) -> list[str]:
     ]  # fmt: skip
 
 
-def run(
-    suite: Suite,
-    env: Environment,
-    shapes: Sequence[tuple[int, ...]],
-    dtypes: Sequence[str],
-    modes: Sequence[str],
-    providers: Sequence[str],
-    timer: Timer,
-    progress: bool = True,
-) -> list[dict]:
-    """Measures every (shape, dtype, mode, provider); one result row (a dict, :func:`columns`) each."""
-    return list(measure(suite, env, shapes, dtypes, modes, providers, timer, progress))
-
-
 def measure(
     suite: Suite,
     env: Environment,
@@ -323,8 +309,9 @@ def measure(
     timer: Timer,
     progress: bool = True,
 ) -> Iterator[dict]:
-    """:func:`run`, yielding each (shape, dtype, mode)'s rows as soon as they are measured, so that
-    a caller interrupted half-way keeps what was measured."""
+    """Measures every (shape, dtype, mode, provider): one result row (a dict, :func:`columns`) each,
+    yielded as soon as its (shape, dtype, mode) is measured, so that a caller interrupted half-way
+    keeps what was measured (``list(measure(...))`` for all of them)."""
     from tqdm.auto import tqdm
 
     copy_gbps = copy_bandwidth_gbps(timer, env.cache_bytes)
