@@ -48,10 +48,10 @@ test)
 bench)
   install >/tmp/install.log 2>&1 || cat /tmp/install.log # $OUT holds at most 8 files
   tail -1 /tmp/install.log
-  step timeout -s INT 150 python3 -m qa_kernels bench --csv "$OUT/gpu-default.csv" --plot "$OUT/gpu-default.png" \
+  step timeout -s INT 150 python3 -m qa_kernels bench --no-progress --csv "$OUT/gpu-default.csv" --plot "$OUT/gpu-default.png" \
     >"$OUT/bench.log" 2>&1
   cat "$OUT/bench.log"
-  step timeout -s INT 180 python3 benchmarks/sweep.py --dtypes bf16 --providers eager triton native --out "$OUT" \
+  step timeout -s INT 180 python3 benchmarks/sweep.py --dtypes bf16 --providers eager triton native --no-progress --out "$OUT" \
     --name sweep >/tmp/sweep.log 2>&1
   tail -5 /tmp/sweep.log
   step timeout -s INT 90 python3 benchmarks/e2e_bert.py --csv "$OUT/e2e.csv" >"$OUT/e2e.log" 2>&1
@@ -60,10 +60,10 @@ bench)
 more)
   install >/tmp/install.log 2>&1 || cat /tmp/install.log
   tail -1 /tmp/install.log
-  step timeout -s INT 180 python3 benchmarks/sweep.py --dtypes fp16 fp32 --providers eager triton native --out "$OUT" \
+  step timeout -s INT 180 python3 benchmarks/sweep.py --dtypes fp16 fp32 --providers eager triton native --no-progress --out "$OUT" \
     --name sweep-more >/tmp/sweep.log 2>&1
   tail -5 /tmp/sweep.log
-  step timeout -s INT 240 python3 benchmarks/sweep.py --dtypes bf16 fp16 --providers compile \
+  step timeout -s INT 240 python3 benchmarks/sweep.py --dtypes bf16 fp16 --providers compile --no-progress \
     --shapes bert-base bert-large --out "$OUT" --name sweep-compile >/tmp/sweep.log 2>&1
   tail -30 /tmp/sweep.log
   ;;
