@@ -4,9 +4,8 @@ no GPU needed, and the launches the interpreter lets through that a GPU would re
 The CPU interpreter runs the kernels' arithmetic but never compiles them; this compiles every
 variant the launchers use (dtypes, autocast rounding, int32/int64 positions, every gradient
 subset; sizes divisible by 16 and not, which the launcher specializes on) to a cubin and checks that
-none spills registers to local memory. The interpreter also runs
-any grid; CUDA caps grid dims 1 and 2 at 65535, so every launcher's grid is checked at long rows and
-large batches with the GPU's blocks.
+none spills registers to local memory. The interpreter also runs any grid; CUDA caps grid dims 1 and
+2 at 65535, so every launcher's grid is checked at long rows and large batches with the GPU's blocks.
 """
 
 from __future__ import annotations
