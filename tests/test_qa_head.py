@@ -84,6 +84,12 @@ def run_head(fn, hidden, weight, bias, start, end, num_items, upstream):
     return out, grads
 
 
+def assert_all_close(out, grads, ref, ref_grads, tol):
+    """Both logits, the loss and the three gradients of two run_head calls (with bias and labels)."""
+    for x, y, name in zip([*out, *grads], [*ref, *ref_grads], ["start", "end", "loss", "dh", "dw", "db"], strict=True):
+        assert_close(x, y, tol, name)
+
+
 def random_upstream(B, S, device):
     return torch.randn(B, S, device=device), torch.randn(B, S, device=device), torch.randn((), device=device)
 
@@ -222,8 +228,7 @@ def test_strided_weight_and_bias(backend, device):
     out, grads = run_head(qa_kernels.qa_head, hidden, weight, bias, start, end, None, upstream)
     ref, ref_grads = run_head(reference.qa_head, hidden, weight, bias, start, end, None, upstream)
     tol = TOLERANCE["fp64"][torch.float32]
-    for x, y, name in zip([*out, *grads], [*ref, *ref_grads], ["start", "end", "loss", "dh", "dw", "db"], strict=True):
-        assert_close(x, y, tol, name)
+    assert_all_close(out, grads, ref, ref_grads, tol)
 
 
 def test_online_logsumexp_with_an_all_minus_inf_first_chunk(backend, device, monkeypatch):
@@ -265,8 +270,7 @@ def test_strided_hidden(backend, device, layout):
     out, grads = run_head(qa_kernels.qa_head, hidden, weight, b, start, end, None, upstream)
     ref, ref_grads = run_head(reference.qa_head, hidden, weight, b, start, end, None, upstream)
     tol = TOLERANCE["fp64"][torch.float32]
-    for x, y, name in zip([*out, *grads], [*ref, *ref_grads], ["start", "end", "loss", "dh", "dw", "db"], strict=True):
-        assert_close(x, y, tol, name)
+    assert_all_close(out, grads, ref, ref_grads, tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -282,10 +286,7 @@ def test_float32_master_weight_with_half_hidden(backend, device, dtype):
     assert out.start_logits.dtype == dtype
     assert grads[0].dtype == dtype and grads[1].dtype == torch.float32 and grads[2].dtype == torch.float32
     tol = TOLERANCE["fp64"][dtype]
-    for x, y, name in zip(
-        [*out, *grads], [*exact, *exact_grads], ["start", "end", "loss", "dh", "dw", "db"], strict=True
-    ):
-        assert_close(x, y, tol, name)
+    assert_all_close(out, grads, exact, exact_grads, tol)
 
 
 @pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16], ids=str)
@@ -304,8 +305,7 @@ def test_autocast_matches_eager_under_autocast(backend, device, autocast_dtype):
     assert out.loss.dtype == ref.loss.dtype == torch.float32
     assert [g.dtype for g in grads] == [torch.float32] * 3
     tol = TOLERANCE["eager"][autocast_dtype]
-    for x, y, name in zip([*out, *grads], [*ref, *ref_grads], ["start", "end", "loss", "dh", "dw", "db"], strict=True):
-        assert_close(x, y, tol, name)
+    assert_all_close(out, grads, ref, ref_grads, tol)
 
 
 def test_int32_positions(backend, device):
