@@ -9,8 +9,10 @@ Loading, once per process, on first use (``available()``; importing qa_kernels n
 
 Both register the ``qa_kernels_native`` ops; registering them twice aborts the process, so exactly
 one library is ever loaded, and none when the ops are already registered. Any failure (no compiler,
-no ninja, a failed build) gives ONE warning, and the backend choice falls back (Triton on CUDA, the
-torch implementation on CPU): the package works without the extension.
+no ninja, a failed build) is remembered with its reason (:func:`unavailable_reason`); asking
+(:func:`available`) never warns. What happens next is the backend choice's: ``auto`` falls back
+(Triton on CUDA, the torch implementation on CPU, with one warning that gives the reason), an
+explicit ``native`` raises with the reason. The package works without the extension.
 
 Environment: ``QA_KERNELS_NO_JIT=1`` skips the just-in-time build (prebuilt only);
 ``QA_KERNELS_VERBOSE_BUILD=1`` shows the compiler's output.
@@ -24,7 +26,6 @@ import importlib.machinery
 import os
 import shutil
 import threading
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -134,13 +135,7 @@ def _load() -> Optional[str]:
                 return None
             except Exception as e:  # any build failure means: fall back, never fail the import
                 errors.append(f"building csrc/ failed: {type(e).__name__}: {str(e).strip()[:2000]}")
-        reason = "the native extension is unavailable: " + "; ".join(errors)
-        warnings.warn(
-            f"qa_kernels: {reason}. Falling back to the Triton kernels on CUDA and the torch implementation on CPU.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return reason
+        return "the native extension is unavailable: " + "; ".join(errors)
 
 
 def available() -> bool:
