@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Union
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from . import ops
+from . import ops, torch_impl
 from .backend import implementation
 from .outputs import QAHeadOutput
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_POSITION_DTYPES = (torch.int64, torch.int32)
+# int64 as transformers passes them, uint8 because eager's cross-entropy takes it too, int32 for
+# callers that keep their labels small. (Eager refuses int8, int16 and int32 targets.)
+_POSITION_DTYPES = (torch.int64, torch.int32, torch.uint8)
+# Devices whose tensors the implementations run on directly; any other (meta, and the devices of
+# tensor subclasses) goes through the registered op, whose fake kernel serves meta tensors.
+_KERNEL_DEVICES = ("cpu", "cuda")
+# Tensor types that are plain data to the kernels (nn.Parameter: a patched model's weight and bias).
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 
 
 def _describe(t: Tensor) -> str:
@@ -23,7 +32,26 @@ def _describe(t: Tensor) -> str:
 def _check_tensor(name: str, t: object) -> Tensor:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor; got layout {t.layout}, {_describe(t)}")
     return t
+
+
+def _check_not_dtensor(tensors: tuple[Optional[Tensor], ...]) -> None:
+    """DTensors (tensor parallelism) would reach the op with no sharding rule for it: say what to do."""
+    names = ("hidden", "weight", "bias", "start_positions", "end_positions", "num_items_in_batch")
+    for name, t in zip(names, tensors, strict=True):
+        if t is not None and type(t) not in _PLAIN_TYPES and type(t).__name__ == "DTensor":
+            raise TypeError(
+                f"{name} is a DTensor: qa_head has no sharding rule for it; call qa_head on local tensors "
+                "(DTensor.to_local() / DTensor.full_tensor())"
+            )
+
+
+def _has_shape(t: Tensor, *dims: object) -> bool:
+    """``t.shape == dims``, size by size: under torch.compile(dynamic=True) the sizes are symbolic and
+    a tuple comparison with torch.Size would not hold."""
+    return t.dim() == len(dims) and all(size == dim for size, dim in zip(t.shape, dims, strict=True))
 
 
 def _check_float(name: str, t: Tensor) -> None:
@@ -37,17 +65,46 @@ def _check_device(name: str, t: Tensor, hidden: Tensor) -> None:
 
 
 def _check_positions(name: str, positions: Tensor, hidden: Tensor) -> Tensor:
-    """(B,) or (B, 1) int64/int32 on hidden's device -> a (B,) view (never a copy, never modified)."""
+    """(B,) or (B, 1) int64/int32/uint8 on hidden's device -> a (B,) int64/int32 tensor: a view for
+    int64/int32 (never a copy, never modified), a B-element int32 copy for uint8."""
     _check_tensor(name, positions)
     B = hidden.shape[0]
     if positions.dtype not in _POSITION_DTYPES:
-        raise TypeError(f"{name} must be an int64 (or int32) tensor of token indices; got {_describe(positions)}")
-    if positions.shape not in ((B,), (B, 1)):
+        raise TypeError(
+            f"{name} must be an integer tensor of token indices, int64 (int32 and uint8 accepted); "
+            f"got {_describe(positions)}"
+        )
+    if not (_has_shape(positions, B) or _has_shape(positions, B, 1)):
         raise ValueError(
             f"{name} must have shape ({B},) or ({B}, 1) to match hidden's batch of {B}; got {_describe(positions)}"
         )
     _check_device(name, positions, hidden)
-    return positions.reshape(B)
+    positions = positions.reshape(B)
+    return positions.to(torch.int32) if positions.dtype == torch.uint8 else positions
+
+
+def _check_num_items(num_items_in_batch: object, hidden: Tensor) -> tuple[Optional[Tensor], Optional[float]]:
+    """``(num_items tensor on hidden's device, None)``, ``(None, value)`` or ``(None, None)``."""
+    if num_items_in_batch is None:
+        return None, None
+    if isinstance(num_items_in_batch, Tensor):
+        if num_items_in_batch.numel() != 1:
+            raise ValueError(
+                f"num_items_in_batch must be a number or a one-element tensor; got {_describe(num_items_in_batch)}"
+            )
+        if num_items_in_batch.dtype == torch.bool or num_items_in_batch.is_complex():
+            raise TypeError(f"num_items_in_batch must be a real number; got {_describe(num_items_in_batch)}")
+        # Non-blocking only towards a GPU: a device-to-host copy could still be in flight when a CPU
+        # kernel reads it.
+        non_blocking = hidden.device.type == "cuda"
+        return num_items_in_batch.reshape(()).to(hidden.device, non_blocking=non_blocking), None
+    # Python and numpy numbers (numpy's integers and floats register as numbers.Real; bools do not).
+    if isinstance(num_items_in_batch, numbers.Real) and not isinstance(num_items_in_batch, bool):
+        return None, float(num_items_in_batch)
+    raise TypeError(
+        "num_items_in_batch must be a real number (int, float, numpy number) or a one-element tensor; "
+        f"got {type(num_items_in_batch).__name__}"
+    )
 
 
 def qa_head(
@@ -57,7 +114,7 @@ def qa_head(
     start_positions: Optional[Tensor] = None,  # (B,) or (B, 1)
     end_positions: Optional[Tensor] = None,  # (B,) or (B, 1)
     *,
-    num_items_in_batch: Union[int, float, Tensor, None] = None,
+    num_items_in_batch: Union[int, float, Tensor, None] = None,  # a number or a one-element tensor
 ) -> QAHeadOutput:
     """The fused extractive-QA head: ``Linear(H, 2)``, start/end split and the clamped cross-entropy.
 
@@ -65,16 +122,17 @@ def qa_head(
     in one pass over ``hidden`` forward and one backward, with no host synchronization.
 
     Args:
-        hidden: ``(B, S, H)`` float32, float16 or bfloat16, any strides; the encoder's last hidden
-            states.
+        hidden: ``(B, S, H)`` float32, float16 or bfloat16, dense with any strides; the encoder's
+            last hidden states.
         weight: ``(2, H)``, the ``qa_outputs.weight``; its dtype may differ from hidden's (float32
             master weights with half activations). Its gradient comes back in its own dtype.
         bias: ``(2,)`` or ``None``.
-        start_positions, end_positions: ``(B,)`` or ``(B, 1)`` int64 (int32 accepted) token indices.
-            Clamped to ``[0, S]``: negative -> 0, ``>= S`` -> ignored. Never modified.
-        num_items_in_batch: with it, each side is a sum divided by this number (int, float or
-            scalar tensor) instead of the mean over its valid rows (transformers' gradient
-            accumulation fix).
+        start_positions, end_positions: ``(B,)`` or ``(B, 1)`` int64 token indices (int32 and uint8
+            accepted). Clamped to ``[0, S]``: negative -> 0, ``>= S`` -> ignored. Never modified,
+            and free to be refilled once the forward has returned (the backward keeps its own copy).
+        num_items_in_batch: with it, each side is a sum divided by this number (a Python or numpy
+            int or float, or a one-element tensor) instead of the mean over its valid rows
+            (transformers' gradient accumulation fix).
 
     Returns:
         :class:`QAHeadOutput` ``(start_logits, end_logits, loss)``: the logits contiguous ``(B, S)``
@@ -82,6 +140,11 @@ def qa_head(
         float32 scalar computed in float32 whatever the input dtype (eager computes it in the
         logits' dtype without autocast), ``None`` unless both positions are given, NaN when every
         row of a side is ignored (0 with ``num_items_in_batch``).
+
+    Autograd (backward), ``torch.compile(fullgraph=True)``, forward-mode AD
+    (``torch.autograd.forward_ad``) and torch.func's transforms (``grad``, ``jvp``, ``vmap``,
+    ``jacfwd``, ``jacrev``, ``hessian``) all give eager's derivatives: the transforms and forward
+    mode run the torch implementation's operators instead of the fused kernels.
 
     Raises:
         TypeError / ValueError naming the argument, what it got and what is expected.
@@ -94,13 +157,13 @@ def qa_head(
     if S == 0:
         raise ValueError(f"hidden must have a sequence length S >= 1; got {_describe(hidden)}")
     _check_tensor("weight", weight)
-    if weight.shape != (2, H):
+    if not _has_shape(weight, 2, H):
         raise ValueError(f"weight must have shape (2, {H}) for hidden size {H}; got {_describe(weight)}")
     _check_float("weight", weight)
     _check_device("weight", weight, hidden)
     if bias is not None:
         _check_tensor("bias", bias)
-        if bias.shape != (2,):
+        if not _has_shape(bias, 2):
             raise ValueError(f"bias must have shape (2,); got {_describe(bias)}")
         _check_float("bias", bias)
         _check_device("bias", bias, hidden)
@@ -110,22 +173,7 @@ def qa_head(
         end_positions = _check_positions("end_positions", end_positions, hidden)
     if start_positions is None or end_positions is None:  # one side only: no loss, as eager
         start_positions = end_positions = None
-
-    num_items, num_items_value = None, None
-    if isinstance(num_items_in_batch, Tensor):
-        if num_items_in_batch.numel() != 1:
-            raise ValueError(
-                f"num_items_in_batch must be a number or a one-element tensor; got {_describe(num_items_in_batch)}"
-            )
-        # Non-blocking only towards a GPU: a device-to-host copy could still be in flight when a CPU
-        # kernel reads it.
-        num_items = num_items_in_batch.reshape(()).to(hidden.device, non_blocking=hidden.device.type == "cuda")
-    elif isinstance(num_items_in_batch, (int, float)) and not isinstance(num_items_in_batch, bool):
-        num_items_value = float(num_items_in_batch)
-    elif num_items_in_batch is not None:
-        raise TypeError(
-            f"num_items_in_batch must be an int, a float or a tensor; got {type(num_items_in_batch).__name__}"
-        )
+    num_items, num_items_value = _check_num_items(num_items_in_batch, hidden)
 
     device_type = hidden.device.type
     cast_dtype = None
@@ -133,23 +181,39 @@ def qa_head(
         cast_dtype = torch.get_autocast_dtype(device_type)
 
     args = (hidden, weight, bias, start_positions, end_positions, num_items, num_items_value, cast_dtype)
-    if _plain_call(hidden, weight, bias, start_positions, end_positions, num_items):
+    tensors = (hidden, weight, bias, start_positions, end_positions, num_items)
+    _check_not_dtensor(tensors)
+    route = _route(device_type, tensors)
+    if route == "plain":
         start_logits, end_logits, loss, _, _ = implementation(device_type).qa_head_fwd(*args)
+    elif route == "transform":
+        start_logits, end_logits, loss, _, _ = torch_impl.qa_head_fwd(*args)
     else:
         start_logits, end_logits, loss, _, _ = ops.qa_head_fwd(*args)
     return QAHeadOutput(start_logits, end_logits, loss if start_positions is not None else None)
 
 
-def _plain_call(*tensors: Optional[Tensor]) -> bool:
-    """Nothing to differentiate and nobody watching: serving, evaluation. The op's implementation
-    is then called directly, without the custom op's Python dispatch, which costs more than the
-    kernel at serving sizes (measured on CPU, (1, 384, 768) fp32: 16 us of 59). Same function, same
-    numbers. The registered op still runs whenever autograd needs it, or a tracer (torch.compile,
-    fake or other tensor subclasses, dispatch and function modes) should see it."""
+def _route(device_type: str, tensors: tuple[Optional[Tensor], ...]) -> str:
+    """How a call runs: ``"op"``, the registered op (autograd, torch.compile, tensor subclasses,
+    fake and meta tensors, dispatch and function modes all see it); ``"plain"``, the chosen
+    implementation called directly; ``"transform"``, the torch implementation's operators called
+    directly, so that autograd's forward mode and torch.func's transforms differentiate and batch
+    them like any PyTorch code (the op has no forward-mode or vmap rule, and a kernel called on a
+    dual or wrapped tensor would drop its tangent or its batch dimension).
+
+    ``"plain"`` is for calls with nothing to differentiate and nobody watching (serving,
+    evaluation): the op's Python dispatch costs more than the kernel at serving sizes (measured on
+    CPU, (1, 384, 768) fp32: 16 us of 59). Same function, same numbers."""
     if torch.compiler.is_compiling():
-        return False
+        return "op"
+    if any(t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors):
+        return "transform"  # inside torch.func.grad / jvp / vmap / jacfwd / ... over these inputs
+    if fwAD._current_level >= 0 and any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors):
+        return "transform"  # torch.autograd.forward_ad dual tensors
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return False
-    if any(t is not None and type(t) is not Tensor for t in tensors):
-        return False
-    return _get_current_dispatch_mode() is None and not torch._C._is_torch_function_mode_enabled()
+        return "op"
+    if device_type not in _KERNEL_DEVICES or any(t is not None and type(t) not in _PLAIN_TYPES for t in tensors):
+        return "op"
+    if _get_current_dispatch_mode() is not None or torch._C._is_torch_function_mode_enabled():
+        return "op"
+    return "plain"

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .backend import implementation
+from .backend import get_backend, implementation, use_backend
 
 # Positions and num_items enter the ops as optional tensors; `num_items_value` carries a Python
 # number, so an int `num_items_in_batch` never becomes a host-to-device copy.
@@ -103,22 +103,39 @@ def _(grad_start, grad_end, grad_loss, hidden, weight, start_logits, end_logits,
 
 
 def _setup_context(ctx, inputs, output):
+    # Saved: what the backward reads, no more. hidden only when the weight needs its gradient (the
+    # only use of it); positions as private copies of B integers, so that the caller may refill a
+    # reused label buffer before the backward (eager's cross-entropy does not keep them either).
     hidden, weight, bias, start_positions, end_positions, _, _, cast_dtype = inputs
     start_logits, end_logits, _, lse, scale = output
-    ctx.save_for_backward(hidden, weight, start_logits, end_logits, lse, scale, start_positions, end_positions)
+    saved_hidden = hidden if ctx.needs_input_grad[1] else None  # the weight's gradient
+    if start_positions is not None:
+        start_positions, end_positions = start_positions.clone(), end_positions.clone()
+    ctx.save_for_backward(saved_hidden, weight, start_logits, end_logits, lse, scale, start_positions, end_positions)
+    ctx.hidden_meta = (hidden.shape, hidden.dtype)
     ctx.cast_dtype = cast_dtype
     ctx.bias_dtype = None if bias is None else bias.dtype
+    # The backend in force at the forward serves its backward too, whichever thread runs it
+    # (autograd's device threads do not see the forward thread's use_backend block).
+    ctx.backend = get_backend()
+    # Outputs that received no gradient come as None, not zeros: with num_items_in_batch = 0 the
+    # loss's scale is infinite, and 0 * inf would put NaN into the logits' gradients.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_start, grad_end, grad_loss, _grad_lse, _grad_scale):
     hidden, weight, start_logits, end_logits, lse, scale, start_pos, end_pos = ctx.saved_tensors
     needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+    if hidden is None:  # grad_weight not needed: a placeholder with hidden's shape and dtype, never read
+        shape, dtype = ctx.hidden_meta
+        hidden = weight.new_empty((1, 1, 1), dtype=dtype).expand(shape)
     if lse.numel() == 0:  # no labels: the loss output is an empty placeholder
         grad_loss = None
-    grad_hidden, grad_weight, grad_bias = qa_head_bwd(
-        grad_start, grad_end, grad_loss, hidden, weight, start_logits, end_logits, lse, scale,
-        start_pos, end_pos, ctx.cast_dtype, needs_hidden, needs_weight, needs_bias,
-    )  # fmt: skip
+    with use_backend(ctx.backend):
+        grad_hidden, grad_weight, grad_bias = qa_head_bwd(
+            grad_start, grad_end, grad_loss, hidden, weight, start_logits, end_logits, lse, scale,
+            start_pos, end_pos, ctx.cast_dtype, needs_hidden, needs_weight, needs_bias,
+        )  # fmt: skip
     return (
         grad_hidden if needs_hidden else None,
         grad_weight if needs_weight else None,

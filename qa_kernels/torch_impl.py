@@ -1,5 +1,9 @@
 """The ops written with PyTorch operators: the fallback on any device (and CPU's default until the
-native extension is built). Same math and rounding points as the Triton kernels, no fusion."""
+native extension is built). Same math and rounding points as the Triton kernels, no fusion.
+
+:func:`qa_head_fwd` is also what forward-mode AD and torch.func's transforms differentiate (see
+``qa_kernels.functional``), so it uses only operators that have forward-mode and vmap rules:
+no in-place writes into fresh buffers, no data-dependent Python branches."""
 
 from __future__ import annotations
 
@@ -23,21 +27,29 @@ def _targets(positions: Tensor, S: int) -> tuple[Tensor, Tensor]:
     return targets, targets != S
 
 
+def logsumexp(x: Tensor, dim: int) -> Tensor:
+    """``max + log(sum(exp(x - max)))``, as eager's log-softmax and the kernels compute it: a +inf
+    entry gives NaN (inf - inf), where ``torch.logsumexp`` special-cases it to +inf and the loss of
+    a row with a +inf logit would come out +inf instead of eager's NaN."""
+    m = x.amax(dim=dim, keepdim=True).detach()  # the shift cancels in exact arithmetic
+    return (m + (x - m).exp().sum(dim=dim, keepdim=True).log()).squeeze(dim)
+
+
 def qa_head_fwd(hidden, weight, bias, start_positions, end_positions, num_items, num_items_value, cast_dtype):
-    B, S, _ = hidden.shape
+    S = hidden.shape[1]
     out_dtype = cast_dtype or hidden.dtype
     mm = _mm_dtype(hidden, weight, cast_dtype)
     with torch.autocast(hidden.device.type, enabled=False):
         logits = F.linear(hidden.to(mm), weight.to(mm), None if bias is None else bias.to(mm))
-    # Fresh (B, S) outputs: a custom op's outputs may not alias each other or an input.
-    start = torch.empty((B, S), dtype=out_dtype, device=hidden.device).copy_(logits[..., 0])
-    end = torch.empty((B, S), dtype=out_dtype, device=hidden.device).copy_(logits[..., 1])
+    # Fresh (B, S) outputs (copy=True): a custom op's outputs may not alias each other or an input.
+    start = logits[..., 0].to(out_dtype, memory_format=torch.contiguous_format, copy=True)
+    end = logits[..., 1].to(out_dtype, memory_format=torch.contiguous_format, copy=True)
     if start_positions is None or end_positions is None:
         empty = hidden.new_empty((0,), dtype=torch.float32)
         return start, end, empty, empty.clone(), empty.clone()
 
     x = torch.stack([start, end], dim=1).float()  # (B, 2, S), the stored (rounded) logits
-    lse = x.logsumexp(dim=-1)  # (B, 2)
+    lse = logsumexp(x, dim=-1)  # (B, 2)
     targets, valid = _targets(torch.stack([start_positions, end_positions], dim=1), S)
     x_target = x.gather(2, targets.clamp(max=S - 1).unsqueeze(-1)).squeeze(-1)  # (B, 2)
     nll_sum = torch.where(valid, lse - x_target, 0.0).sum(dim=0)  # (2,)

@@ -41,12 +41,12 @@ CASES = [
     (
         {"start_positions": torch.tensor([0.0, 1.0, 2.0])},
         TypeError,
-        "start_positions must be an int64 .*float32",
+        "start_positions must be an integer tensor of token indices, int64 .*float32",
     ),
     (
         {"end_positions": torch.tensor([True, False, True])},
         TypeError,
-        "end_positions must be an int64 .*bool",
+        "end_positions must be an integer tensor .*bool",
     ),
     (
         {"start_positions": torch.tensor([0, 1])},
@@ -83,8 +83,9 @@ def test_bad_input_raises_naming_the_argument(change, error, message):
     "num_items,error,message",
     [
         (torch.tensor([1, 2]), ValueError, "num_items_in_batch must be a number or a one-element tensor"),
-        ("4", TypeError, "num_items_in_batch must be an int, a float or a tensor; got str"),
+        ("4", TypeError, r"num_items_in_batch must be a real number \(int, float, numpy number\) or a one-.*got str"),
         (True, TypeError, "got bool"),
+        (torch.tensor(True), TypeError, "num_items_in_batch must be a real number; got .*bool"),
     ],
 )
 def test_bad_num_items(num_items, error, message):
