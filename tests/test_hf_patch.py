@@ -415,6 +415,62 @@ def test_patch_is_idempotent_and_survives_deepcopy(device):
     assert_outputs_match(clone(**inputs), eager(**inputs), FP32_TOL)
 
 
+def test_one_model_serves_many_threads(backend, device):
+    """One patched model called from four threads at once, labelled and unlabelled calls interleaved,
+    with and without autograd: every call gets eager's loss for its own positions (and none without
+    them), and no call raises. Nothing about a call lives on the model."""
+    import threading
+
+    from qa_kernels import backend as qa_backend
+
+    if backend == "triton" and qa_backend.triton_interpreter_on():
+        pytest.skip("Triton's interpreter keeps the program ids of a launch in process-global state")
+    eager, fused = twin("bert", device)
+    inputs = make_inputs("bert", device)
+    barrier, errors = threading.Barrier(4), []
+
+    def work(i):
+        try:
+            generator = torch.Generator().manual_seed(i)
+            with qa_kernels.use_backend(backend):
+                barrier.wait()
+                for step in range(12):
+                    start, end = (torch.randint(-2, S + 2, (B,), generator=generator).to(device) for _ in range(2))
+                    with torch.set_grad_enabled(step % 2 == 0):
+                        if (i + step) % 3 == 0:
+                            out, ref = fused(**inputs), eager(**inputs)
+                            assert out.loss is None
+                        else:
+                            out = fused(**inputs, start_positions=start, end_positions=end)
+                            ref = eager(**inputs, start_positions=start, end_positions=end)
+                            assert_close(out.loss, ref.loss, FP32_TOL, f"thread {i} step {step} loss")
+                    assert_close(out.start_logits, ref.start_logits, FP32_TOL, "start_logits")
+        except BaseException as e:  # reported to the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_patched_model_pickles_and_wraps_in_data_parallel(device):
+    """The per-thread positions keep a pickle round trip and nn.DataParallel working (torch.compile
+    with fullgraph=True: tests/test_hf_training.py)."""
+    import pickle
+
+    eager, fused = twin("bert", device)
+    start, end = positions("mixed", device)
+    inputs = dict(**make_inputs("bert", device), start_positions=start, end_positions=end)
+    ref = eager(**inputs)
+    restored = pickle.loads(pickle.dumps(fused))
+    assert hf.is_patched(restored)
+    assert_close(restored(**inputs).loss, ref.loss, FP32_TOL, "unpickled loss")
+    assert_close(nn.DataParallel(fused)(**inputs).loss, ref.loss, FP32_TOL, "DataParallel loss")
+
+
 def test_head_replaced_after_patch(device):
     """A new qa_outputs assigned after patch(): a labelled forward says so instead of silently
     running eager; patch() again attaches the new head."""

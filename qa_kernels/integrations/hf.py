@@ -29,16 +29,18 @@ between patched and unpatched models.
 Class swapping (rather than an instance ``forward`` attribute) keeps the patch with the module
 through ``copy.deepcopy``, pickling, ``nn.DataParallel``'s replicas and FSDP's own class swap.
 
-The positions reach the head through two attributes of the head module that live for one forward
-call; ``torch.compile(fullgraph=True)`` traces them (no graph break). One model instance must
-therefore not run two forwards WITH positions concurrently from several threads (DataParallel's
-replicas are separate modules, so they are fine); inference without positions never uses them.
+The positions reach the head through a per-thread table (a ``threading.local``, which
+``torch.compile(fullgraph=True)`` traces with no graph break): the patched forward files this
+call's positions under its head for the length of the call, the head takes them and files the loss
+back. Nothing about a call lives on the model, so one model instance serves any number of threads
+at once, labelled or not, as eager does (DataParallel's replicas run in threads of their own too).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import threading
 from collections.abc import Iterable
 from typing import Any, Optional, Union
 
@@ -198,6 +200,27 @@ def _unsupported(model_or_cls: Any, why: str) -> UnsupportedModelError:
 # The head: the model's own nn.Linear(H, 2), forward through the fused op.
 
 
+class _Call:
+    """One labelled forward of a patched model, in flight: its positions, and the loss once the
+    head has computed it."""
+
+    __slots__ = ("end", "loss", "num_items", "start")
+
+    def __init__(self, start: torch.Tensor, end: torch.Tensor, num_items: Any) -> None:
+        self.start, self.end, self.num_items = start, end, num_items
+        self.loss: Optional[torch.Tensor] = None
+
+
+_per_thread = threading.local()  # .calls: {id(head module): _Call} for this thread's labelled forwards
+
+
+def _calls() -> dict[int, _Call]:
+    calls = getattr(_per_thread, "calls", None)
+    if calls is None:
+        calls = _per_thread.calls = {}
+    return calls
+
+
 class FusedQAOutputs(nn.Linear):
     """A patched model's ``qa_outputs``: the same ``nn.Linear(H, 2)`` object (same parameters,
     hooks and state_dict keys) with its forward running :func:`qa_kernels.qa_head`.
@@ -205,30 +228,26 @@ class FusedQAOutputs(nn.Linear):
     Called as the model's forward calls it, ``self.qa_outputs(hidden)`` with ``hidden (B, S, H)``,
     it returns the logits ``(B, S, 2)`` as a view of one ``(2, B, S)`` buffer (one copy of the
     2·B·S logits, by ``torch.stack``): the forward's ``split(1, dim=-1)`` and
-    ``squeeze(-1).contiguous()`` then copy nothing more. When the patched
-    model forward has positions for this call (``_qa_labels``), the same op also computes the loss
-    and leaves it in ``_qa_loss`` for that forward to return.
+    ``squeeze(-1).contiguous()`` then copy nothing more. When this thread's patched forward has
+    filed positions for this head (a labelled call in flight), the same op also computes the loss
+    and files it back for that forward to return.
     """
 
-    _qa_labels: Optional[tuple[torch.Tensor, torch.Tensor, Any]] = None  # (start, end, num_items)
-    _qa_loss: Optional[torch.Tensor] = None
-
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, S, H) -> (B, S, 2)
-        labels = self._qa_labels
-        if labels is None:
+        call = _calls().get(id(self))
+        if call is None:
             out = qa_head(hidden, self.weight, self.bias)
         else:
-            if self._qa_loss is not None:
+            if call.loss is not None:
                 raise RuntimeError(
                     "qa_kernels: the patched model's forward called qa_outputs twice in one call; "
                     "this model's forward is not the single-head forward qa_kernels.patch supports"
                 )
-            start, end, num_items = labels
             # transformers' loss moves the positions to the logits' device (device_map / pipeline
             # parallel models): so does the patch; qa_head itself insists on one device.
-            start, end = start.to(hidden.device), end.to(hidden.device)
-            out = qa_head(hidden, self.weight, self.bias, start, end, num_items_in_batch=num_items)
-            self._qa_loss = out.loss
+            start, end = call.start.to(hidden.device), call.end.to(hidden.device)
+            out = qa_head(hidden, self.weight, self.bias, start, end, num_items_in_batch=call.num_items)
+            call.loss = out.loss
         return torch.stack((out.start_logits, out.end_logits)).permute(1, 2, 0)
 
 
@@ -348,13 +367,19 @@ def _fused_forward_for(cls: type):
             else:
                 kwargs["use_cache"] = False
         num_items = kwargs.get("num_items_in_batch") if loss_takes_kwargs else None
-        head._qa_labels = (start, end, num_items)
+        calls, key = _calls(), id(head)
+        if key in calls:
+            raise RuntimeError(
+                f"qa_kernels: {type(self).__name__}.forward with positions was called again, in the same "
+                "thread, from inside a labelled forward of the same model; the patched model does not "
+                "support re-entrant labelled calls"
+            )
+        call = calls[key] = _Call(start, end, num_items)
         try:
             out = original(self, *args, **kwargs)
-            loss = head._qa_loss
         finally:
-            head._qa_labels = None
-            head._qa_loss = None
+            del calls[key]
+        loss = call.loss
         if loss is None:
             raise RuntimeError(
                 f"qa_kernels: {type(self).__name__}.forward did not call {_HEAD}; it is not the "
@@ -481,8 +506,6 @@ def unpatch(model: nn.Module) -> nn.Module:
     head = getattr(model, _HEAD)
     if isinstance(head, FusedQAOutputs):
         head.__class__ = nn.Linear
-        for name in ("_qa_labels", "_qa_loss"):
-            head.__dict__.pop(name, None)
     model.__class__ = type(model)._qa_original
     return model
 
