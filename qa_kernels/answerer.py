@@ -193,9 +193,10 @@ class QuestionAnswerer:
             return []
         encoding = self.tokenize(questions, contexts)
         start_logits, end_logits = self.logits(encoding)
+        S = start_logits.shape[1]  # a row holds at most S * min(max_answer_len, S) spans
         spans = decode_spans(
             start_logits, end_logits, context_mask=self.context_mask(encoding).to(start_logits.device),
-            max_answer_len=self.max_answer_len, top_k=top_k, score=self.score,
+            max_answer_len=self.max_answer_len, top_k=min(top_k, S * min(self.max_answer_len, S)), score=self.score,
         )  # fmt: skip
         return merge_features(
             contexts,

@@ -28,6 +28,7 @@ Work: O(B * S * max_answer_len) plus a per-row top-k; no S x S tensor anywhere.
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple, Optional
 
 import torch
@@ -37,6 +38,9 @@ from . import native
 from .backend import resolve, triton_available
 
 MAX_SEQUENCE_LENGTH = 65535  # i and j are packed into 16 bits each in the ranking key
+# Ranks beyond a row's spans are padding (-1, -1, -inf): allowed up to this many, so that the output's
+# width need not depend on S; beyond both, top_k is refused rather than allocated.
+MAX_TOP_K = 65535
 SCORES = ("prob", "logit")
 MASKED_LOGIT = -10000.0  # transformers' value for tokens outside the context
 _NO_KEY = -9_200_000_000_000_000_000  # below every span's key (the lowest is about -9.1873e18)
@@ -195,6 +199,8 @@ def _describe(t: Tensor) -> str:
 def _check_logits(name: str, t: object) -> Tensor:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor; got layout {t.layout}, {_describe(t)}")
     if t.dim() != 2:
         raise ValueError(f"{name} must have shape (B, S); got {_describe(t)}")
     if not t.is_floating_point():
@@ -203,11 +209,12 @@ def _check_logits(name: str, t: object) -> Tensor:
 
 
 def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
+    """A Python or numpy integer >= 1, as an int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1; got {value}")
-    return value
+    return int(value)
 
 
 def decode_spans(
@@ -227,7 +234,8 @@ def decode_spans(
         context_mask: ``(B, S)`` bool or 0/1: where a token may be part of an answer (for a
             question-first tokenizer, ``sequence_ids == 1``). ``None``: everywhere.
         max_answer_len: a span covers at most this many tokens: ``i <= j < i + max_answer_len``.
-        top_k: spans per row.
+        top_k: spans per row: at most ``S * min(max_answer_len, S)`` (the spans a row holds), or
+            ``MAX_TOP_K`` = 65535 where that is larger (the ranks past a row's spans are padding).
         score: ``"prob"``: ``p_start[i] * p_end[j]``, probabilities over the row with the tokens outside
             the context (except the first) set to -10000, exactly as transformers'
             ``select_starts_ends``; ``"logit"``: ``start[i] + end[j]``, as the SQuAD examples'
@@ -241,8 +249,9 @@ def decode_spans(
 
     Raises:
         TypeError / ValueError naming the argument: logits not 2-D float tensors, shapes or devices
-        that differ, S = 0 or S > 65535, ``max_answer_len`` or ``top_k`` not an int >= 1, an
-        unknown ``score``, a ``context_mask`` of another shape or device.
+        that differ, S = 0 or S > 65535, ``max_answer_len`` or ``top_k`` not an int >= 1, ``top_k``
+        above both ``S * min(max_answer_len, S)`` and ``MAX_TOP_K``, an unknown
+        ``score``, a ``context_mask`` of another shape or device.
     """
     _check_logits("start_logits", start_logits)
     _check_logits("end_logits", end_logits)
@@ -258,8 +267,14 @@ def decode_spans(
         raise ValueError(f"start_logits must have at least one token (S >= 1); got {_describe(start_logits)}")
     if S > MAX_SEQUENCE_LENGTH:
         raise ValueError(f"decode_spans supports S <= {MAX_SEQUENCE_LENGTH} tokens per row; got S = {S}")
-    _check_positive_int("max_answer_len", max_answer_len)
-    _check_positive_int("top_k", top_k)
+    max_answer_len = _check_positive_int("max_answer_len", max_answer_len)
+    top_k = _check_positive_int("top_k", top_k)
+    L = min(max_answer_len, S)
+    if top_k > max(S * L, MAX_TOP_K):  # an absurd top_k would become a (B, top_k) allocation
+        raise ValueError(
+            f"top_k must be <= {max(S * L, MAX_TOP_K)}: the most spans a row holds, S * min(max_answer_len, S) "
+            f"= {S} * {L} = {S * L}, or {MAX_TOP_K} where that is larger; got top_k = {top_k}"
+        )
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}; got {score!r}")
     if context_mask is not None:
@@ -276,6 +291,4 @@ def decode_spans(
         if context_mask.dtype != torch.bool:
             context_mask = context_mask != 0
     start_logits, end_logits = start_logits.detach(), end_logits.detach()  # a ranking: no gradient
-    return SpanOutput(
-        *decode_spans_op(start_logits, end_logits, context_mask, min(max_answer_len, S), top_k, score == "logit")
-    )
+    return SpanOutput(*decode_spans_op(start_logits, end_logits, context_mask, L, top_k, score == "logit"))
