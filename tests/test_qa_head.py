@@ -94,11 +94,9 @@ def random_upstream(B, S, device):
     return torch.randn(B, S, device=device), torch.randn(B, S, device=device), torch.randn((), device=device)
 
 
-@pytest.mark.parametrize("labels", LABELS)
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_matches_reference(backend, device, dtype, shape, bias, labels):
+def check_against_reference(dtype, shape, bias, labels, device):
+    """Logits, loss and every gradient (random upstream on all three outputs) against the reference
+    in the same dtype (eager) and in float64 (exact), with their dtypes, shapes and layouts."""
     B, S, H = shape
     hidden, weight, b = make_inputs(B, S, H, dtype, device, bias)
     start, end, num_items = make_labels(labels, B, S, device)
@@ -127,6 +125,25 @@ def test_matches_reference(backend, device, dtype, shape, bias, labels):
             assert g.dtype == {"hidden": hidden, "weight": weight, "bias": b}[name].dtype
             g_tol = TOLERANCE["eager_reduction"][dtype] if kind == "eager" and name != "hidden" else tol
             assert_close(g, g_ref, g_tol, f"grad_{name} vs {kind}")
+
+
+# The labels touch only the O(B*S) loss path, never the H loop, so the matrix is two grids: every
+# shape (the kernels' block and tail paths over S and H) with two label recipes (no loss; a loss with
+# clamped, ignored and (B, 1) positions), and every label recipe and bias choice at two small shapes
+# (S = 1, and S = 513 over several S blocks).
+@pytest.mark.parametrize("labels", ["none", "mixed"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matches_reference_over_shapes(backend, device, dtype, shape, labels):
+    check_against_reference(dtype, shape, True, labels, device)
+
+
+@pytest.mark.parametrize("labels", LABELS)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("shape", [(1, 1, 31), (3, 513, 31)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matches_reference_over_labels(backend, device, dtype, shape, bias, labels):
+    check_against_reference(dtype, shape, bias, labels, device)
 
 
 def test_all_ignored_gives_nan_loss_and_finite_grads(backend, device):
@@ -350,7 +367,7 @@ def test_backend_selection(monkeypatch):
         assert qa_kernels.get_backend() == "auto"
     assert qa_kernels.get_backend() == "torch"
     monkeypatch.setenv("QA_KERNELS_BACKEND", "cuda-please")
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match="the environment variable QA_KERNELS_BACKEND must be one of .*'cuda-please'"):
         qa_kernels.get_backend()
     with pytest.raises(ValueError, match="backend must be one of"):
         qa_kernels.set_backend("fast")
