@@ -23,6 +23,7 @@ _POSITION_DTYPES = (torch.int64, torch.int32, torch.uint8)
 _KERNEL_DEVICES = ("cpu", "cuda")
 # Tensor types that are plain data to the kernels (nn.Parameter: a patched model's weight and bias).
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+_INPUT_NAMES = ("hidden", "weight", "bias", "start_positions", "end_positions", "num_items_in_batch")
 
 
 def _describe(t: Tensor) -> str:
@@ -35,23 +36,6 @@ def _check_tensor(name: str, t: object) -> Tensor:
     if t.layout != torch.strided:
         raise TypeError(f"{name} must be a dense (strided) tensor; got layout {t.layout}, {_describe(t)}")
     return t
-
-
-def _check_not_dtensor(tensors: tuple[Optional[Tensor], ...]) -> None:
-    """DTensors (tensor parallelism) would reach the op with no sharding rule for it: say what to do."""
-    names = ("hidden", "weight", "bias", "start_positions", "end_positions", "num_items_in_batch")
-    for name, t in zip(names, tensors, strict=True):
-        if t is not None and type(t) not in _PLAIN_TYPES and type(t).__name__ == "DTensor":
-            raise TypeError(
-                f"{name} is a DTensor: qa_head has no sharding rule for it; call qa_head on local tensors "
-                "(DTensor.to_local() / DTensor.full_tensor())"
-            )
-
-
-def _has_shape(t: Tensor, *dims: object) -> bool:
-    """``t.shape == dims``, size by size: under torch.compile(dynamic=True) the sizes are symbolic and
-    a tuple comparison with torch.Size would not hold."""
-    return t.dim() == len(dims) and all(size == dim for size, dim in zip(t.shape, dims, strict=True))
 
 
 def _check_float(name: str, t: Tensor) -> None:
@@ -74,7 +58,10 @@ def _check_positions(name: str, positions: Tensor, hidden: Tensor) -> Tensor:
             f"{name} must be an integer tensor of token indices, int64 (int32 and uint8 accepted); "
             f"got {_describe(positions)}"
         )
-    if not (_has_shape(positions, B) or _has_shape(positions, B, 1)):
+    # Size by size: under torch.compile(dynamic=True) B is symbolic, and a comparison of torch.Size
+    # with a tuple would not hold.
+    dims = positions.dim()
+    if not (dims in (1, 2) and positions.shape[0] == B and (dims == 1 or positions.shape[1] == 1)):
         raise ValueError(
             f"{name} must have shape ({B},) or ({B}, 1) to match hidden's batch of {B}; got {_describe(positions)}"
         )
@@ -157,13 +144,13 @@ def qa_head(
     if S == 0:
         raise ValueError(f"hidden must have a sequence length S >= 1; got {_describe(hidden)}")
     _check_tensor("weight", weight)
-    if not _has_shape(weight, 2, H):
+    if not (weight.dim() == 2 and weight.shape[0] == 2 and weight.shape[1] == H):
         raise ValueError(f"weight must have shape (2, {H}) for hidden size {H}; got {_describe(weight)}")
     _check_float("weight", weight)
     _check_device("weight", weight, hidden)
     if bias is not None:
         _check_tensor("bias", bias)
-        if not _has_shape(bias, 2):
+        if not (bias.dim() == 1 and bias.shape[0] == 2):
             raise ValueError(f"bias must have shape (2,); got {_describe(bias)}")
         _check_float("bias", bias)
         _check_device("bias", bias, hidden)
@@ -182,7 +169,6 @@ def qa_head(
 
     args = (hidden, weight, bias, start_positions, end_positions, num_items, num_items_value, cast_dtype)
     tensors = (hidden, weight, bias, start_positions, end_positions, num_items)
-    _check_not_dtensor(tensors)
     route = _route(device_type, tensors)
     if route == "plain":
         start_logits, end_logits, loss, _, _ = implementation(device_type).qa_head_fwd(*args)
@@ -203,17 +189,29 @@ def _route(device_type: str, tensors: tuple[Optional[Tensor], ...]) -> str:
 
     ``"plain"`` is for calls with nothing to differentiate and nobody watching (serving,
     evaluation): the op's Python dispatch costs more than the kernel at serving sizes (measured on
-    CPU, (1, 384, 768) fp32: 16 us of 59). Same function, same numbers."""
+    CPU, (1, 384, 768) fp32: 16 us of 59). Same function, same numbers. One loop over the inputs:
+    this runs on every call."""
     if torch.compiler.is_compiling():
         return "op"
-    if any(t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors):
-        return "transform"  # inside torch.func.grad / jvp / vmap / jacfwd / ... over these inputs
-    if fwAD._current_level >= 0 and any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors):
-        return "transform"  # torch.autograd.forward_ad dual tensors
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    forward_ad = fwAD._current_level >= 0  # inside a torch.autograd.forward_ad.dual_level()
+    grad = torch.is_grad_enabled()
+    route = "plain" if device_type in _KERNEL_DEVICES else "op"
+    for name, t in zip(_INPUT_NAMES, tensors, strict=True):
+        if t is None:
+            continue
+        if torch._C._functorch.is_functorch_wrapped_tensor(t):
+            return "transform"  # inside torch.func.grad / jvp / vmap / jacfwd / ... over this input
+        if forward_ad and fwAD.unpack_dual(t).tangent is not None:
+            return "transform"
+        if type(t) not in _PLAIN_TYPES:
+            if type(t).__name__ == "DTensor":  # would reach the op, which has no sharding rule
+                raise TypeError(
+                    f"{name} is a DTensor: qa_head has no sharding rule for it; call qa_head on local "
+                    "tensors (DTensor.to_local() / DTensor.full_tensor())"
+                )
+            route = "op"
+        elif grad and t.requires_grad:
+            route = "op"
+    if route == "plain" and (_get_current_dispatch_mode() is not None or torch._C._is_torch_function_mode_enabled()):
         return "op"
-    if device_type not in _KERNEL_DEVICES or any(t is not None and type(t) not in _PLAIN_TYPES for t in tensors):
-        return "op"
-    if _get_current_dispatch_mode() is not None or torch._C._is_torch_function_mode_enabled():
-        return "op"
-    return "plain"
+    return route
