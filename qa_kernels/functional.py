@@ -128,7 +128,8 @@ def qa_head(
         logits' dtype without autocast), ``None`` unless both positions are given, NaN when every
         row of a side is ignored (0 with ``num_items_in_batch``).
 
-    Autograd (backward), ``torch.compile(fullgraph=True)``, forward-mode AD
+    Autograd (backward, and double backward with ``create_graph=True``),
+    ``torch.compile(fullgraph=True)``, forward-mode AD
     (``torch.autograd.forward_ad``) and torch.func's transforms (``grad``, ``jvp``, ``vmap``,
     ``jacfwd``, ``jacrev``, ``hessian``) all give eager's derivatives: the transforms and forward
     mode run the torch implementation's operators instead of the fused kernels.

@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import torch_impl
 from .backend import get_backend, implementation, use_backend
 
 # Positions and num_items enter the ops as optional tensors; `num_items_value` carries a Python
@@ -131,11 +132,23 @@ def _backward(ctx, grad_start, grad_end, grad_loss, _grad_lse, _grad_scale):
         hidden = weight.new_empty((1, 1, 1), dtype=dtype).expand(shape)
     if lse.numel() == 0:  # no labels: the loss output is an empty placeholder
         grad_loss = None
-    with use_backend(ctx.backend):
-        grad_hidden, grad_weight, grad_bias = qa_head_bwd(
+    if torch.is_grad_enabled():
+        # create_graph=True (a gradient penalty, a Hessian-vector product): the backward itself must
+        # be differentiable. The torch implementation's backward is, written in PyTorch operators on
+        # the saved logits, whose graph leads back through this op to hidden, weight and bias; the
+        # logsumexp is recomputed from them so that its own derivative is part of that graph.
+        if lse.numel() > 0:
+            lse = torch_impl.logsumexp(torch.stack([start_logits, end_logits], dim=1).float(), dim=-1)
+        grad_hidden, grad_weight, grad_bias = torch_impl.qa_head_bwd(
             grad_start, grad_end, grad_loss, hidden, weight, start_logits, end_logits, lse, scale,
             start_pos, end_pos, ctx.cast_dtype, needs_hidden, needs_weight, needs_bias,
         )  # fmt: skip
+    else:
+        with use_backend(ctx.backend):
+            grad_hidden, grad_weight, grad_bias = qa_head_bwd(
+                grad_start, grad_end, grad_loss, hidden, weight, start_logits, end_logits, lse, scale,
+                start_pos, end_pos, ctx.cast_dtype, needs_hidden, needs_weight, needs_bias,
+            )  # fmt: skip
     return (
         grad_hidden if needs_hidden else None,
         grad_weight if needs_weight else None,

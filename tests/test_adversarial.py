@@ -203,6 +203,25 @@ def test_torch_func_transforms(backend, device, transform):
         assert_close(got, want, 2e-5, f"{transform}", atol=1e-7)
 
 
+def test_double_backward(backend, device):
+    """create_graph=True, then the gradient of a penalty on the gradients (a gradient penalty, a
+    Hessian-vector product): eager's second derivatives for hidden, weight and bias."""
+    hidden, weight, bias, start, end = _small(device)
+    g = torch.randn(3, 7, device=device)
+    results = []
+    for fn in (qa_kernels.qa_head, reference.qa_head):
+        leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+        out = fn(*leaves, start, end)
+        first = torch.autograd.grad(out.loss + (out.start_logits * g).sum(), leaves, create_graph=True)
+        penalty = first[0].square().sum() + 0.7 * first[1].square().sum() + 0.3 * first[2].sum()
+        results.append(torch.autograd.grad(penalty, leaves))
+    # The bias's second derivative is 0 in exact arithmetic (each row's softmax - onehot sums to 0):
+    # rounding noise, bounded by 1e-6 of the largest second derivative.
+    largest = max(t.abs().max().item() for t in results[1])
+    for got, want, name in zip(*results, ["hidden", "weight", "bias"], strict=True):
+        assert_close(got, want, 2e-5, f"second derivative for {name}", atol=1e-6 * largest)
+
+
 @pytest.mark.parametrize("over", ["hidden", "positions", "weight"])
 def test_vmap(backend, device, over):
     """vmap over a leading dimension of hidden, of the positions, or of the weight: each slice equals

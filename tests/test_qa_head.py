@@ -367,7 +367,7 @@ def test_backend_selection(monkeypatch):
         assert qa_kernels.get_backend() == "auto"
     assert qa_kernels.get_backend() == "torch"
     monkeypatch.setenv("QA_KERNELS_BACKEND", "cuda-please")
-    with pytest.raises(ValueError, match="the environment variable QA_KERNELS_BACKEND must be one of .*'cuda-please'"):
+    with pytest.raises(ValueError, match=r"the environment variable QA_KERNELS_BACKEND must be one of .*'cuda-please'"):
         qa_kernels.get_backend()
     with pytest.raises(ValueError, match="backend must be one of"):
         qa_kernels.set_backend("fast")
