@@ -6,8 +6,14 @@ Order of precedence: :func:`use_backend` (this thread / context only), then :fun
 
 ``use_backend`` is a context variable: two threads (or asyncio tasks) inside their own
 ``use_backend`` blocks each run their own backend, a new thread starts without any block (the
-process-wide choice), and leaving a block restores exactly what was in force before it. A backward
-pass runs with the backend that was requested when its forward ran, whichever thread runs it.
+process-wide choice), and leaving a block restores exactly what was in force before it. In eager
+mode a backward pass runs with the backend that was requested when its forward ran, whichever
+thread runs it.
+
+Under ``torch.compile`` each op picks its implementation when the compiled code runs it: enter the
+block around the call to the compiled function (and around its ``backward()``, if that runs outside
+it). A ``use_backend`` block inside a function compiled with ``fullgraph=True`` does not trace
+(dynamo cannot trace a ContextVar); without fullgraph it costs a graph break.
 
 ``auto``: Triton on CUDA; on CPU the native C++ extension when it is built, else the torch
 implementation. ``triton`` on CPU tensors runs the kernels through Triton's interpreter, which must be

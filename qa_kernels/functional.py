@@ -125,7 +125,8 @@ def qa_head(
         :class:`QAHeadOutput` ``(start_logits, end_logits, loss)``: the logits contiguous ``(B, S)``
         in hidden's dtype (under autocast, the autocast dtype, as ``nn.Linear`` gives); ``loss`` a
         float32 scalar computed in float32 whatever the input dtype (eager computes it in the
-        logits' dtype without autocast), ``None`` unless both positions are given, NaN when every
+        logits' dtype without autocast; float64 when ``num_items_in_batch`` is a float64 tensor, as
+        eager's division promotes it), ``None`` unless both positions are given, NaN when every
         row of a side is ignored (0 with ``num_items_in_batch``).
 
     Autograd (backward, and double backward with ``create_graph=True``),
@@ -177,7 +178,13 @@ def qa_head(
         start_logits, end_logits, loss, _, _ = torch_impl.qa_head_fwd(*args)
     else:
         start_logits, end_logits, loss, _, _ = ops.qa_head_fwd(*args)
-    return QAHeadOutput(start_logits, end_logits, loss if start_positions is not None else None)
+    if start_positions is None:
+        return QAHeadOutput(start_logits, end_logits, None)
+    if num_items is not None and num_items.is_floating_point() and num_items.dtype != torch.float32:
+        # Eager divides its float32 loss by the tensor: type promotion gives a float64 loss for a
+        # float64 num_items_in_batch (float32 for half and integer ones).
+        loss = loss.to(torch.promote_types(loss.dtype, num_items.dtype))
+    return QAHeadOutput(start_logits, end_logits, loss)
 
 
 def _route(device_type: str, tensors: tuple[Optional[Tensor], ...]) -> str:

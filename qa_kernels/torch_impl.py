@@ -79,7 +79,11 @@ def qa_head_bwd(
         targets, valid = _targets(torch.stack([start_positions, end_positions], dim=1), S)
         p = torch.exp(x - lse.unsqueeze(-1))
         p = p - F.one_hot(targets, S + 1)[..., :S].to(p.dtype)
-        d = torch.where(valid.unsqueeze(-1), p * (scale * grad_loss.float()).view(1, 2, 1), 0.0)
+        # The coefficient is zeroed on ignored rows BEFORE the product, not only masked after it: a
+        # side with no valid row has an infinite scale, and a double backward through p * inf would
+        # put 0 * inf = NaN into the second derivatives.
+        coef = torch.where(valid, (scale * grad_loss.float()).view(1, 2), 0.0)  # (B, 2)
+        d = torch.where(valid.unsqueeze(-1), p * coef.unsqueeze(-1), 0.0)
     if grad_start is not None:
         d[:, 0] += grad_start.float()
     if grad_end is not None:

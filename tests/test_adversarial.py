@@ -203,10 +203,14 @@ def test_torch_func_transforms(backend, device, transform):
         assert_close(got, want, 2e-5, f"{transform}", atol=1e-7)
 
 
-def test_double_backward(backend, device):
+@pytest.mark.parametrize("ends", ["mixed", "all_ignored"])
+def test_double_backward(backend, device, ends):
     """create_graph=True, then the gradient of a penalty on the gradients (a gradient penalty, a
-    Hessian-vector product): eager's second derivatives for hidden, weight and bias."""
+    Hessian-vector product): eager's second derivatives for hidden, weight and bias, finite also
+    when every end is ignored (an infinite scale once leaked 0 * inf = NaN into them)."""
     hidden, weight, bias, start, end = _small(device)
+    if ends == "all_ignored":
+        end = torch.tensor([7, 9, 100], device=device)
     g = torch.randn(3, 7, device=device)
     results = []
     for fn in (qa_kernels.qa_head, reference.qa_head):
@@ -219,6 +223,7 @@ def test_double_backward(backend, device):
     # rounding noise, bounded by 1e-6 of the largest second derivative.
     largest = max(t.abs().max().item() for t in results[1])
     for got, want, name in zip(*results, ["hidden", "weight", "bias"], strict=True):
+        assert got.isfinite().all(), f"second derivative for {name}: not finite"
         assert_close(got, want, 2e-5, f"second derivative for {name}", atol=1e-6 * largest)
 
 
@@ -521,6 +526,11 @@ def test_uint8_positions_and_numpy_num_items(backend, device):
     for number in (np.int64(4), np.int32(4), np.float64(4.0), np.float32(4.0)):
         got = qa_kernels.qa_head(hidden, weight, bias, start, end, num_items_in_batch=number).loss
         assert_close(got, want, 2e-5, f"num_items_in_batch={type(number).__name__}")
+    as_float64 = torch.tensor(4.0, dtype=torch.float64, device=device)  # eager's division promotes the loss
+    got = qa_kernels.qa_head(hidden, weight, bias, start, end, num_items_in_batch=as_float64).loss
+    want64 = reference.qa_head(hidden, weight, bias, start, end, num_items_in_batch=as_float64).loss
+    assert got.dtype == want64.dtype == torch.float64
+    assert_close(got, want64, 2e-5, "float64 num_items_in_batch")
     for dtype in (torch.int8, torch.int16):
         with pytest.raises(TypeError, match=rf"start_positions must be an integer tensor .*{dtype}"):
             qa_kernels.qa_head(hidden, weight, bias, start.to(dtype), end)

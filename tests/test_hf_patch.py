@@ -317,14 +317,19 @@ def test_positional_arguments(device):
     assert_outputs_match(out, ref, FP32_TOL)
 
 
-@pytest.mark.parametrize("name,num_items", [("llama", 7), ("llama", "tensor"), ("bert", "tensor")])
+# float64_tensor: eager's division promotes the loss to float64 (the output's dtype is compared too).
+@pytest.mark.parametrize(
+    "name,num_items", [("llama", 7), ("llama", "tensor"), ("llama", "float64_tensor"), ("bert", "tensor")]
+)
 def test_num_items_in_batch(backend, device, name, num_items):
     """Trainer passes num_items_in_batch through **kwargs. GenericForQuestionAnswering (Llama)
     hands it to self.loss_function: each side becomes sum / num_items_in_batch. The inline
     encoders (BERT) ignore it: the mean stays. The patch does what each class does."""
     eager, fused = twin(name, device)
     start, end = positions("mixed", device)
-    n = torch.tensor(7, device=device) if num_items == "tensor" else num_items
+    n = {"tensor": torch.tensor(7, device=device), "float64_tensor": torch.tensor(7.0, dtype=torch.float64)}.get(
+        num_items, num_items
+    )
     inputs = dict(**make_inputs(name, device), start_positions=start, end_positions=end, num_items_in_batch=n)
     if not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(type(eager).forward).parameters.values()):
         # transformers 4.x: the encoders' forwards (and 4.40's Llama) take no **kwargs, so Trainer
@@ -336,7 +341,7 @@ def test_num_items_in_batch(backend, device, name, num_items):
     ref, out = eager(**inputs), fused(**inputs)
     mean_loss = eager(**{k: v for k, v in inputs.items() if k != "num_items_in_batch"}).loss
     if name == "llama":  # start has 2 valid rows, end 2: (sum_s / 7 + sum_e / 7) / 2 != the mean
-        assert not torch.allclose(ref.loss, mean_loss)
+        assert not torch.allclose(ref.loss.float(), mean_loss)
     else:
         assert torch.equal(ref.loss, mean_loss)
     assert_outputs_match(out, ref, FP32_TOL)

@@ -387,8 +387,12 @@ def _fused_forward_for(cls: type):
             )
         logits = out[0]  # start_logits: the loss is first only once it exists
         if not torch.is_autocast_enabled(logits.device.type):
-            # Eager's cross-entropy runs in the logits' dtype outside autocast (float32 inside).
-            loss = loss.to(logits.dtype)
+            # Eager's cross-entropy runs in the logits' dtype outside autocast (float32 inside), and a
+            # floating num_items_in_batch tensor promotes the division's result.
+            dtype = logits.dtype
+            if isinstance(num_items, torch.Tensor) and num_items.is_floating_point():
+                dtype = torch.promote_types(dtype, num_items.dtype)
+            loss = loss.to(dtype)
         if isinstance(out, tuple):  # return_dict=False: eager puts the loss first
             return (loss, *out)
         return type(out)(loss=loss, **out)
