@@ -116,8 +116,9 @@ def _setup_context(ctx, inputs, output):
     ctx.hidden_meta = (hidden.shape, hidden.dtype)
     ctx.cast_dtype = cast_dtype
     ctx.bias_dtype = None if bias is None else bias.dtype
-    # The backend in force at the forward serves its backward too, whichever thread runs it
-    # (autograd's device threads do not see the forward thread's use_backend block).
+    # In eager mode the backend in force at the forward serves its backward too, whichever thread
+    # runs it (autograd's device threads do not see the forward thread's use_backend block). Traced
+    # by torch.compile, this is a trace-time value: compiled ops resolve when they run instead.
     ctx.backend = get_backend()
     # Outputs that received no gradient come as None, not zeros: with num_items_in_batch = 0 the
     # loss's scale is infinite, and 0 * inf would put NaN into the logits' gradients.
