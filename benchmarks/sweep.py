@@ -14,7 +14,8 @@ autotuning per shape, so give it its own calls on fewer shapes:
     python benchmarks/sweep.py --dtypes fp32 --providers eager triton native --append
     python benchmarks/sweep.py --dtypes bf16 --providers compile --shapes bert-base bert-large --append
 
-On CPU, `--smoke` runs a small grid in fp32 (a few minutes): the sweep's plumbing, not a GPU's numbers.
+On CPU, `--smoke` runs a small grid in fp32 (a few minutes): the sweep's plumbing, not a GPU's numbers,
+so it writes under build/sweep-smoke/ (not benchmarks/results/) unless --out says otherwise.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from qa_kernels.bench import SUITES, environment, plot, read_csv
 GRID = {"B": (1, 8, 32, 64), "S": (128, 384, 512, 4096), "H": (768, 1024, 4096)}
 SMOKE_GRID = {"B": (1, 4), "S": (128, 384), "H": (768, 1024)}
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+SMOKE_OUT = os.path.join("build", "sweep-smoke")  # a smoke run's numbers are not results to commit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="the small grid in fp32 (a CPU smoke test)")
     parser.add_argument("--shapes", nargs="+", metavar="SHAPE", help="instead of the grid")
     parser.add_argument("--dtypes", nargs="+", metavar="DTYPE", help="default: bf16 fp16 fp32 (--smoke: fp32)")
-    parser.add_argument("--out", default=RESULTS, metavar="DIR", help="default: benchmarks/results")
+    parser.add_argument(
+        "--out", metavar="DIR", help=f"default: benchmarks/results (--smoke: {SMOKE_OUT}, never the committed results)"
+    )
     parser.add_argument("--name", help="file stem (default: the device, e.g. nvidia-h100-80gb-hbm3)")
     args, rest = parser.parse_known_args(argv)
 
@@ -50,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     shapes = args.shapes or ["x".join(map(str, shape)) for shape in itertools.product(*grid.values())]
     dtypes = args.dtypes or (["fp32"] if args.smoke else ["bf16", "fp16", "fp32"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    stem = os.path.join(args.out, args.name or environment(device).slug)
+    out = args.out or (SMOKE_OUT if args.smoke else RESULTS)
+    stem = os.path.join(out, args.name or environment(device).slug)
     bench_argv = ["bench", "--shapes", *shapes, "--dtypes", *dtypes, "--csv", f"{stem}.csv", *rest]
     code = cli.main(bench_argv)
     if code == 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import shlex
 import sys
 from typing import Optional
@@ -122,6 +123,16 @@ def _bench(args: argparse.Namespace, command: str) -> int:
             parser.error(f"--providers: {p} cannot run on {device}: {reason}")
     if args.append and not args.csv:
         parser.error("--append: only with --csv PATH")
+    if args.append:  # before the run, not after it
+        try:
+            bench.check_appendable(args.csv, suite)
+        except ValueError as e:
+            parser.error(str(e))
+    if args.providers is None:  # say what the default set leaves out, and why
+        for p in suite.providers:
+            reason = suite.unavailable(p, device)
+            if p not in providers and reason:
+                print(f"note: provider {p} left out on {device}: {reason}", file=sys.stderr)
     if args.plot and importlib.util.find_spec("matplotlib") is None:  # before the run, not after it
         parser.error("--plot: needs matplotlib, which is not installed (pip install 'qa-kernels[bench]')")
     if args.threads is not None:
@@ -139,6 +150,10 @@ def _bench(args: argparse.Namespace, command: str) -> int:
 
     torch.manual_seed(args.seed)
     env = bench.environment(device)
+    cores = os.cpu_count() or 1
+    if env.load_avg > cores:
+        print(f"warning: the load average is {env.load_avg:.1f} on {cores} cores: other work competes with "
+              "the timings; read them as noisy", file=sys.stderr)  # fmt: skip
     rows: list[dict] = []
     interrupted = False
     try:
@@ -154,6 +169,11 @@ def _bench(args: argparse.Namespace, command: str) -> int:
     print(title)
     print(f"copy bandwidth {rows[0]['copy_gbps']:.1f} GB/s (read + write); command: {command}")
     print(bench.format_table(rows, suite))
+    noisy = bench.noisy_rows(rows, suite)
+    if noisy:
+        print(f"warning: {len(noisy)} of {len(rows)} results spread wider than their median (p80 - p20 > "
+              f"median): {'; '.join(noisy[:5])}{' ...' if len(noisy) > 5 else ''}; rerun them on a quieter "
+              "machine or with a larger --rep-ms", file=sys.stderr)  # fmt: skip
     if args.csv:
         bench.write_csv(rows, args.csv, suite, append=args.append)
         print(f"wrote {args.csv}")

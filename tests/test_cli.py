@@ -104,6 +104,49 @@ def test_append_refuses_other_columns(tmp_path):
         harness.write_csv([], str(path), HeadSuite(), append=True)
 
 
+def test_append_onto_other_columns_fails_before_the_run(tmp_path, capsys, monkeypatch):
+    """Checked before anything is measured (it once failed with a traceback after the whole run)."""
+    path = tmp_path / "other.csv"
+    path.write_text("a,b\n1,2\n")
+    monkeypatch.setattr(harness, "measure", lambda *a, **k: pytest.fail("the run started"))
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--shapes", "1x4x8", "--providers", "eager", "--csv", str(path), "--append", *TINY])
+    assert f"--append: {path} has other columns" in capsys.readouterr().err
+    assert path.read_text() == "a,b\n1,2\n"
+
+
+def test_default_run_says_which_providers_it_leaves_out(capsys, monkeypatch):
+    """Without the extension (simulated), the default set drops native, and says so with the reason."""
+    monkeypatch.setattr(
+        HeadSuite, "unavailable", lambda self, p, d: "simulated: no extension" if p == "native" else None
+    )
+    assert cli.main(["bench", "--shapes", "1x4x8", "--modes", "inference", *TINY]) == 0
+    err = capsys.readouterr().err
+    assert "note: provider native left out on cpu: simulated: no extension" in err
+
+
+def test_loaded_machine_and_noisy_results_are_flagged(capsys, monkeypatch):
+    """A load average above the core count warns before the run; a result whose p20-p80 spread is
+    wider than its median warns after it, naming the case."""
+    monkeypatch.setattr(harness.os, "getloadavg", lambda: (99.0, 99.0, 99.0))
+    monkeypatch.setattr(harness, "summarize", lambda t: (1.0, 0.1, 5.0))  # (median, p20, p80): a wide spread
+    argv = ["bench", "--shapes", "1x4x8", "--providers", "eager", "--modes", "inference", *TINY]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "warning: the load average is 99.0" in err
+    assert "warning: 1 of 1 results spread wider than their median" in err and "1x4x8 fp32 inference eager" in err
+
+
+def test_noisy_rows_only_flags_spreads_wider_than_the_median():
+    suite = HeadSuite()
+    base = {"B": 1, "S": 4, "H": 8, "dtype": "fp32", "mode": "fwd", "provider": "eager"}
+    rows = [
+        base | {"median_ms": 1.0, "p20_ms": 0.9, "p80_ms": 1.2},
+        base | {"median_ms": 1.0, "p20_ms": 0.5, "p80_ms": 1.6},
+    ]
+    assert harness.noisy_rows(rows, suite) == ["1x4x8 fp32 fwd eager"]
+
+
 def test_csv_round_trip(tmp_path):
     row = {c: None for c in harness.columns(HeadSuite())} | {"B": 2, "median_ms": 0.5, "provider": "eager"}
     harness.write_csv([row], str(tmp_path / "r.csv"), HeadSuite())
@@ -188,6 +231,17 @@ def _load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_sweep_smoke_never_writes_the_committed_results(tmp_path, monkeypatch):
+    """--smoke writes under build/sweep-smoke/ of the working directory, not benchmarks/results/."""
+    sweep = _load_script("sweep")
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in Path(sweep.RESULTS).iterdir())
+    monkeypatch.chdir(tmp_path)
+    argv = ["--smoke", "--shapes", "1x4x8", "--providers", "eager", "--modes", "fwd", *TINY]
+    assert sweep.main([*argv, "--name", "dev"]) == 0
+    assert len(_read(tmp_path / "build" / "sweep-smoke" / "dev.csv")) == 1
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in Path(sweep.RESULTS).iterdir()) == before
 
 
 def test_sweep_script_writes_csv_and_png(tmp_path):

@@ -10,7 +10,19 @@ the table, the CSV and the plot. Adding a suite is a module with a class followi
 
 from __future__ import annotations
 
-from .harness import Environment, Suite, Timer, environment, format_table, measure, plot, read_csv, write_csv
+from .harness import (
+    Environment,
+    Suite,
+    Timer,
+    check_appendable,
+    environment,
+    format_table,
+    measure,
+    noisy_rows,
+    plot,
+    read_csv,
+    write_csv,
+)
 from .head import HeadSuite
 from .spans import SpansSuite
 
@@ -21,9 +33,11 @@ __all__ = [
     "Environment",
     "Suite",
     "Timer",
+    "check_appendable",
     "environment",
     "format_table",
     "measure",
+    "noisy_rows",
     "plot",
     "read_csv",
     "write_csv",

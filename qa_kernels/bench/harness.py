@@ -387,16 +387,36 @@ def format_table(rows: Iterable[dict], suite: Suite) -> str:
     return "\n".join(lines)
 
 
+def check_appendable(path: str, suite: Suite) -> bool:
+    """Whether ``path`` exists with rows to append to; ValueError when its columns are not this
+    suite's (checked before a run, so that it does not fail after it)."""
+    if not (os.path.exists(path) and os.path.getsize(path) > 0):
+        return False
+    with open(path, newline="") as f:
+        header = next(csv.reader(f))
+    if header != columns(suite):
+        raise ValueError(
+            f"--append: {path} has other columns than a {suite.name} run writes: {header} (expected "
+            f"{columns(suite)}); give another --csv path, or leave out --append to overwrite it"
+        )
+    return True
+
+
+def noisy_rows(rows: Sequence[dict], suite: Suite) -> list[str]:
+    """The results whose p20-p80 spread is wider than their median, described (dims, dtype, mode,
+    provider): noise a reader would otherwise take for a result."""
+    return [
+        f"{'x'.join(str(r[d]) for d in suite.dims)} {r['dtype']} {r['mode']} {r['provider']}"
+        for r in rows
+        if r["p80_ms"] - r["p20_ms"] > r["median_ms"]
+    ]
+
+
 def write_csv(rows: Sequence[dict], path: str, suite: Suite, append: bool = False) -> None:
     """Writes the rows (with a header) to ``path``; ``append`` adds them to an existing file of the
     same columns instead."""
     fields = columns(suite)
-    exists = append and os.path.exists(path) and os.path.getsize(path) > 0
-    if exists:
-        with open(path, newline="") as f:
-            header = next(csv.reader(f))
-        if header != fields:
-            raise ValueError(f"--append: {path} has other columns than this run's: {header}")
+    exists = append and check_appendable(path, suite)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a" if exists else "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
