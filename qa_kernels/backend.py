@@ -92,8 +92,10 @@ def triton_interpreter_on() -> bool:
 
 
 def _major_minor(version: str) -> tuple[int, int]:
-    major, minor = re.match(r"(\d+)\.(\d+)", version).groups()
-    return int(major), int(minor)
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if found is None:
+        raise ValueError(f"not a version number: {version!r}")
+    return int(found.group(1)), int(found.group(2))
 
 
 @functools.cache
@@ -167,9 +169,13 @@ def implementation(device_type: str) -> ModuleType:
     """The module implementing ``qa_head_fwd`` / ``qa_head_bwd`` for ``device_type``."""
     name = resolve(device_type)
     if name == "triton":
-        from .triton import qa_head as impl
-    elif name == "native":
-        from . import native as impl
-    else:
-        from . import torch_impl as impl
-    return impl
+        from .triton import qa_head as triton_impl
+
+        return triton_impl
+    if name == "native":
+        from . import native
+
+        return native
+    from . import torch_impl
+
+    return torch_impl

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Any, Optional, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +33,7 @@ class QAHead(nn.Module):
         if not isinstance(hidden_size, int) or hidden_size < 1:
             raise ValueError(f"hidden_size must be a positive int; got {hidden_size!r}")
         self.in_features = hidden_size
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty((2, hidden_size), **factory))
         if bias:
             self.bias = nn.Parameter(torch.empty(2, **factory))
@@ -59,7 +59,7 @@ class QAHead(nn.Module):
         head = cls.__new__(cls)
         nn.Module.__init__(head)
         head.in_features = linear.in_features
-        head.weight = linear.weight
+        head.weight = cast(nn.Parameter, linear.weight)  # nn.Linear types it as Tensor
         head.bias = linear.bias  # a Parameter, or None (registered as such by nn.Module)
         return head
 

@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import ClassVar, Optional, Protocol
 
 import torch
 
@@ -100,7 +100,7 @@ class Suite(Protocol):
     providers: tuple[str, ...]
     baseline: str  # the provider that speed-ups are over: "eager"
     dtypes: tuple[str, ...]
-    presets: dict[str, tuple[int, ...]]  # named shapes accepted by --shapes
+    presets: ClassVar[dict[str, tuple[int, ...]]]  # named shapes accepted by --shapes
 
     def unavailable(self, provider: str, device: str) -> Optional[str]:
         """Why ``provider`` cannot run on ``device``, or ``None`` when it can."""

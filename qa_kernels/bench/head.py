@@ -42,7 +42,7 @@ ERROR_OUTPUTS = {
 }
 
 
-def moved_bytes(mode: str, shape: tuple[int, int, int], dtype: str) -> int:
+def moved_bytes(mode: str, shape: tuple[int, ...], dtype: str) -> int:
     """The floor: the fewest bytes ``mode`` must move through device memory.
 
     hidden ``(B, S, H)`` is the only large tensor. The logits ``(2, B, S)``, weight ``(2, H)``,
@@ -74,7 +74,7 @@ class _Inputs(NamedTuple):
         return [self.hidden, self.weight, self.bias]
 
 
-def _make_inputs(shape: tuple[int, int, int], dtype: torch.dtype, device: str) -> _Inputs:
+def _make_inputs(shape: tuple[int, ...], dtype: torch.dtype, device: str) -> _Inputs:
     B, S, H = shape
     # BERT's initializer range (std 0.02) for the head's parameters; hidden states of unit scale
     # (the encoder ends in a LayerNorm). Positions anywhere in the sequence.
@@ -107,7 +107,7 @@ class HeadWorkload:
     providers' callables over them."""
 
     def __init__(
-        self, shape: tuple[int, int, int], dtype: str, device: str, providers: Sequence[str], cache_bytes: int
+        self, shape: tuple[int, ...], dtype: str, device: str, providers: Sequence[str], cache_bytes: int
     ) -> None:
         self.device = device
         n_sets = rotation_sets(moved_bytes("inference", shape, dtype), cache_bytes)  # hidden, read by every mode
@@ -184,7 +184,8 @@ class HeadWorkload:
         train = mode != "inference"
         if train not in self._exact:
             x = self.sets[0]
-            exact = _Inputs(*(t.detach().double() for t in x.leaves), x.start, x.end)
+            hidden, weight, bias = (t.detach().double() for t in x.leaves)
+            exact = _Inputs(hidden, weight, bias, x.start, x.end)
             self._exact[train] = _outputs(reference.qa_head, exact, contextlib.nullcontext, train)
         if (provider, train) not in self._errors:  # keep the errors, not the (possibly GB-sized) outputs
             got = _outputs(self.heads[provider], self.sets[0], self.contexts[provider], train)
@@ -207,13 +208,13 @@ class HeadWorkload:
 
 class HeadSuite:
     name = "head"
-    dims = ("B", "S", "H")
-    modes = ("inference", "fwd", "bwd", "fwd+bwd")
-    providers = ("eager", "compile", "triton", "native")
+    dims: tuple[str, ...] = ("B", "S", "H")
+    modes: tuple[str, ...] = ("inference", "fwd", "bwd", "fwd+bwd")
+    providers: tuple[str, ...] = ("eager", "compile", "triton", "native")
     baseline = "eager"
-    dtypes = tuple(DTYPES)
+    dtypes: tuple[str, ...] = tuple(DTYPES)
     # bert-base and bert-large fine-tuned on SQuAD: batch 32, max_seq_length 384.
-    presets: ClassVar[dict[str, tuple[int, int, int]]] = {"bert-base": (32, 384, 768), "bert-large": (32, 384, 1024)}
+    presets: ClassVar[dict[str, tuple[int, ...]]] = {"bert-base": (32, 384, 768), "bert-large": (32, 384, 1024)}
 
     def unavailable(self, provider: str, device: str) -> Optional[str]:
         return kernel_unavailable(provider, device, "qa_head_fwd")
@@ -223,7 +224,7 @@ class HeadSuite:
         skip = {"triton"} if device == "cpu" else set()
         return [p for p in self.providers if p not in skip and self.unavailable(p, device) is None]
 
-    def default_shapes(self, device: str) -> list[tuple[int, int, int]]:
+    def default_shapes(self, device: str) -> list[tuple[int, ...]]:
         if device == "cuda":
             return list(self.presets.values())
         # CPU: the csrc issue's shapes, bert-base at batch 8 and bert-large at batch 32 (about 30 s on
@@ -233,7 +234,7 @@ class HeadSuite:
     def default_dtypes(self, device: str) -> list[str]:
         return ["bf16"] if device == "cuda" else ["fp32"]
 
-    def moved_bytes(self, mode: str, shape: tuple[int, int, int], dtype: str) -> int:
+    def moved_bytes(self, mode: str, shape: tuple[int, ...], dtype: str) -> int:
         return moved_bytes(mode, shape, dtype)
 
     def workload(self, shape, dtype, device, providers, cache_bytes) -> HeadWorkload:

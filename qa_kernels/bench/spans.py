@@ -93,14 +93,14 @@ def transformers_decode(features: Features, top_k: int = TOP_K, max_answer_len: 
     ]  # fmt: skip
 
 
-def best_spans(provider: str, decoded) -> list[tuple[int, int]]:
+def best_spans(provider: str, decoded) -> list[tuple[int, ...]]:
     """Each feature's best ``(start, end)`` from what ``provider`` returned; ``(-1, -1)`` for none."""
     if provider == "transformers":
         return [(int(s[0]), int(e[0])) if len(s) else (-1, -1) for s, e, _, _ in decoded]
     return list(zip(decoded.starts[:, 0].tolist(), decoded.ends[:, 0].tolist(), strict=True))
 
 
-def moved_bytes(mode: str, shape: tuple[int, int], dtype: str) -> int:
+def moved_bytes(mode: str, shape: tuple[int, ...], dtype: str) -> int:
     """The floor of ``decode``: read the two (F, S) logits and the (F, S) bool mask, write the
     (F, TOP_K) starts and ends (int64) and scores (float32) and the (F,) float32 null scores.
 
@@ -117,11 +117,12 @@ class SpansWorkload:
     providers' callables over them."""
 
     def __init__(
-        self, shape: tuple[int, int], dtype: str, device: str, providers: Sequence[str], cache_bytes: int
+        self, shape: tuple[int, ...], dtype: str, device: str, providers: Sequence[str], cache_bytes: int
     ) -> None:
         n_sets = rotation_sets(moved_bytes("decode", shape, dtype), cache_bytes)
-        self.sets = [make_features(*shape, device, DTYPES[dtype]) for _ in range(n_sets)]
-        self._reference: Optional[list[tuple[int, int]]] = None  # transformers' best spans on sets[0]
+        num_features, seq_len = shape
+        self.sets = [make_features(num_features, seq_len, device, DTYPES[dtype]) for _ in range(n_sets)]
+        self._reference: Optional[list[tuple[int, ...]]] = None  # transformers' best spans on sets[0]
         self._errors: dict[str, float] = {}
 
     @staticmethod
@@ -155,13 +156,13 @@ class SpansWorkload:
 
 class SpansSuite:
     name = "spans"
-    dims = ("F", "S")  # features, tokens per feature
-    modes = ("decode",)
-    providers = ("transformers", "torch", "native", "triton")
+    dims: tuple[str, ...] = ("F", "S")  # features, tokens per feature
+    modes: tuple[str, ...] = ("decode",)
+    providers: tuple[str, ...] = ("transformers", "torch", "native", "triton")
     baseline = "transformers"
-    dtypes = tuple(DTYPES)
+    dtypes: tuple[str, ...] = tuple(DTYPES)
     # 64 features at SQuAD's max_seq_length (384) and at BERT's longest (512).
-    presets: ClassVar[dict[str, tuple[int, int]]] = {"squad-384": (64, 384), "squad-512": (64, 512)}
+    presets: ClassVar[dict[str, tuple[int, ...]]] = {"squad-384": (64, 384), "squad-512": (64, 512)}
 
     def unavailable(self, provider: str, device: str) -> Optional[str]:
         return kernel_unavailable(provider, device, "decode_spans")
@@ -171,7 +172,7 @@ class SpansSuite:
         skip = {"triton"} if device == "cpu" else set()
         return [p for p in self.providers if p not in skip and self.unavailable(p, device) is None]
 
-    def default_shapes(self, device: str) -> list[tuple[int, int]]:
+    def default_shapes(self, device: str) -> list[tuple[int, ...]]:
         # The same on CPU: transformers takes about 60 ms a call at 64 x 384 and 100 ms at 64 x 512 (one
         # Xeon core); the default run takes about 15 s there.
         return list(self.presets.values())
@@ -180,7 +181,7 @@ class SpansSuite:
         # What a QA model's head returns there: bf16 under bf16 on CUDA, fp32 on CPU.
         return ["bf16"] if device == "cuda" else ["fp32"]
 
-    def moved_bytes(self, mode: str, shape: tuple[int, int], dtype: str) -> int:
+    def moved_bytes(self, mode: str, shape: tuple[int, ...], dtype: str) -> int:
         return moved_bytes(mode, shape, dtype)
 
     def workload(self, shape, dtype, device, providers, cache_bytes) -> SpansWorkload:

@@ -255,7 +255,7 @@ class FusedQAOutputs(nn.Linear):
 # The model: a subclass per transformers class whose forward routes the positions to the head.
 
 
-def _generic_qa_class() -> Optional[type]:
+def _generic_qa_class() -> Optional[type[Any]]:
     """transformers' GenericForQuestionAnswering (>= 4.53), or None on older versions."""
     try:
         from transformers.modeling_layers import GenericForQuestionAnswering
@@ -264,7 +264,7 @@ def _generic_qa_class() -> Optional[type]:
     return GenericForQuestionAnswering
 
 
-def _loss_takes_kwargs(cls: type) -> bool:
+def _loss_takes_kwargs(cls: type[Any]) -> bool:
     """Whether ``cls.forward`` passes its ``**kwargs`` to ``self.loss_function`` (so that Trainer's
     ``num_items_in_batch`` turns the mean into ``sum / num_items_in_batch``). The inline encoders
     and GPT-NeoX do not: for them eager ignores ``num_items_in_batch``, and so does the patch."""
@@ -279,7 +279,7 @@ def _loss_takes_kwargs(cls: type) -> bool:
     return "self.loss_function(start_logits, end_logits, start_positions, end_positions, **kwargs)" in source
 
 
-def _calls_loss_function(cls: type) -> bool:
+def _calls_loss_function(cls: type[Any]) -> bool:
     """Whether ``cls.forward`` computes its loss with ``self.loss_function`` at all, with or without
     ``**kwargs`` (GenericForQuestionAnswering; GPT-NeoX's own forward passes none). For these a
     user can set ``model.loss_function``, which the fused op cannot honour: :func:`patch` refuses a
@@ -295,7 +295,7 @@ def _calls_loss_function(cls: type) -> bool:
     return "self.loss_function(" in source
 
 
-def _runs_supported_forward(cls: type) -> bool:
+def _runs_supported_forward(cls: type[Any]) -> bool:
     """Whether ``cls.forward`` is the forward of a supported transformers class."""
     generic = _generic_qa_class()
     for base in cls.__mro__:
@@ -309,7 +309,7 @@ def _runs_supported_forward(cls: type) -> bool:
     return False
 
 
-def _fused_forward_for(cls: type):
+def _fused_forward_for(cls: type[Any]):
     """The patched ``forward`` of ``cls``: ``cls.forward`` with the loss computed by the head."""
     original = cls.forward
     params = list(inspect.signature(original).parameters)[1:]  # without self
@@ -403,7 +403,7 @@ def _fused_forward_for(cls: type):
 _FUSED_CLASSES: dict[type, type] = {}
 
 
-def _new_patched(cls: type) -> nn.Module:
+def _new_patched(cls: type[nn.Module]) -> nn.Module:
     """Unpickling and deepcopy: a bare ``cls`` instance, already carrying the patched class."""
     obj = cls.__new__(cls)
     obj.__class__ = _fused_class(cls)
@@ -417,7 +417,7 @@ def _reduce_ex(self, protocol):
     return (_new_patched, (type(self)._qa_original,), *rest)
 
 
-def _fused_class(cls: type) -> type:
+def _fused_class(cls: type[Any]) -> type:
     """The patched subclass of ``cls`` (one per class, cached). Same ``__name__``, so
     ``save_pretrained`` writes the same ``architectures`` and Trainer sees the same class name."""
     fused = _FUSED_CLASSES.get(cls)
@@ -509,8 +509,8 @@ def unpatch(model: nn.Module) -> nn.Module:
         return model
     head = getattr(model, _HEAD)
     if isinstance(head, FusedQAOutputs):
-        head.__class__ = nn.Linear
-    model.__class__ = type(model)._qa_original
+        head.__class__ = nn.Linear  # type: ignore[assignment]  # the class swap back, on purpose
+    model.__class__ = vars(type(model))["_qa_original"]
     return model
 
 
@@ -574,7 +574,7 @@ def patch_transformers(models: Union[str, type, Iterable[Union[str, type]], None
             _original_post_init(self, *args, **kwargs)
             _patch_if_selected(self)
 
-        PreTrainedModel.post_init = post_init
+        PreTrainedModel.post_init = post_init  # type: ignore[method-assign]  # undone by unpatch_transformers
     _class_level = selection
 
 
@@ -599,6 +599,6 @@ def unpatch_transformers() -> None:
     if _original_post_init is not None:
         from transformers import PreTrainedModel
 
-        PreTrainedModel.post_init = _original_post_init
+        PreTrainedModel.post_init = _original_post_init  # type: ignore[method-assign]
         _original_post_init = None
     _class_level = None

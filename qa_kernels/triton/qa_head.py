@@ -428,6 +428,9 @@ def qa_head_bwd(
     grad_start = grad_start.contiguous() if grad_start is not None else None
     grad_end = grad_end.contiguous() if grad_end is not None else None
     dummy = start_logits  # pointer for arguments a constexpr switch leaves unread
+    pos_strides = (0, 0)
+    if has_loss and start_positions is not None and end_positions is not None:
+        pos_strides = (start_positions.stride(0), end_positions.stride(0))
     if B > 0 and (needs_grad_hidden or needs_grad_weight or needs_grad_bias):
         _qa_head_bwd_kernel[grid](
             hidden, weight, start_logits, end_logits,
@@ -439,7 +442,7 @@ def qa_head_bwd(
             grad_hidden, partial_w, partial_b,
             S, H,
             *hidden.stride(), *weight.stride(),
-            start_positions.stride(0) if has_loss else 0, end_positions.stride(0) if has_loss else 0,
+            *pos_strides,
             HAS_GRAD_START=grad_start is not None, HAS_GRAD_END=grad_end is not None,
             HAS_GRAD_LOSS=has_loss, ROUND_INPUTS=cast_dtype is not None,
             WRITE_GRAD_HIDDEN=needs_grad_hidden,
