@@ -25,6 +25,7 @@ import glob
 import importlib.machinery
 import os
 import shutil
+import sys
 import threading
 from pathlib import Path
 from typing import Optional
@@ -100,6 +101,16 @@ def _jit_build() -> None:
         raise RuntimeError("ninja is not installed (pip install ninja) to build csrc/")
     build_dir = build_directory()
     build_dir.mkdir(parents=True, exist_ok=True)
+    built = build_dir / "qa_kernels_native.so"
+    newest = max((os.path.getmtime(p) for p in _all_sources()), default=0.0)
+    if not (built.is_file() and os.path.getmtime(built) >= newest):  # ninja will compile: say so first
+        why = "csrc/ changed since the cached build" if built.is_file() else "no build of csrc/ is cached yet"
+        print(
+            f"qa_kernels: compiling the native kernels (csrc/) just in time into {build_dir} ({why}); "
+            "this takes several minutes on a 2-core machine, once (QA_KERNELS_NO_JIT=1 skips it)",
+            file=sys.stderr,
+            flush=True,
+        )
     cpp_extension.load(
         name="qa_kernels_native",
         sources=srcs,

@@ -239,3 +239,24 @@ def test_native_forced_on_a_device_without_its_kernels_is_a_clear_error():
         pytest.skip("this build of the extension has CUDA kernels")
     with qa_kernels.use_backend("native"), pytest.raises(RuntimeError, match="has no cuda kernels"):
         qa_backend.resolve("cuda")
+
+
+def test_jit_build_says_so_before_compiling(tmp_path, monkeypatch, capsys):
+    """A compile blocks the first call for minutes: one line on stderr says why before it starts, and
+    nothing is said when the cached build is up to date (ninja then compiles nothing)."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("QA_KERNELS_CACHE", str(tmp_path))
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: True)
+    monkeypatch.setattr(native.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: None)  # the compile itself is not under test
+    native._jit_build()
+    assert "compiling the native kernels (csrc/) just in time" in capsys.readouterr().err
+    library = native.build_directory() / "qa_kernels_native.so"
+    library.write_bytes(b"")  # a cached build newer than every source
+    native._jit_build()
+    assert capsys.readouterr().err == ""
+    os.utime(library, (0, 0))  # older than the sources: a rebuild, named as such
+    native._jit_build()
+    assert "csrc/ changed since the cached build" in capsys.readouterr().err
