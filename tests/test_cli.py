@@ -206,7 +206,7 @@ def test_help_lists_the_options(capsys):
 
 
 def test_byte_counts():
-    # bert-large SQuAD in bf16 (DESIGN.md): hidden is 32 * 384 * 1024 * 2 bytes = 25.2 MB.
+    # bert-large SQuAD in bf16: hidden is 32 * 384 * 1024 * 2 bytes = 25.2 MB.
     hidden = 32 * 384 * 1024 * 2
     shape = (32, 384, 1024)
     assert moved_bytes("inference", shape, "bf16") == hidden  # read hidden once
