@@ -11,15 +11,15 @@ null score, as transformers' pipeline and the SQuAD examples do).
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
 
+from ._checks import check_int
 from .spans import SCORES, decode_spans
 
 if TYPE_CHECKING:
@@ -34,19 +34,6 @@ class Answer:
     score: float
     start: int  # first character in the context
     end: int  # one past the last character
-
-
-def _check_int(name: str, value: Any, *, low: int, high: Optional[int] = None, high_name: str = "") -> int:
-    """``value`` as an int in ``[low, high)`` (no upper bound without ``high``), or an error naming
-    the argument, what it got and what is expected. Integral types (numpy's too) are accepted; bools,
-    floats (even whole ones) and strings are not."""
-    expected = f"an int >= {low}" if high is None else f"an int in [{low}, {high_name or high})"
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"QuestionAnswerer: {name} must be {expected}; got {value!r} ({type(value).__name__})")
-    value = int(value)
-    if value < low or (high is not None and value >= high):
-        raise ValueError(f"QuestionAnswerer: {name} must be {expected}; got {value}")
-    return value
 
 
 class QuestionAnswerer:
@@ -98,10 +85,12 @@ class QuestionAnswerer:
             )
         if not isinstance(score, str) or score not in SCORES:
             raise ValueError(f"QuestionAnswerer: score must be one of {SCORES}; got {score!r}")
-        max_length = _check_int("max_length", max_length, low=1)
-        stride = _check_int("stride", stride, low=0, high=max_length, high_name=f"max_length = {max_length}")
-        max_answer_len = _check_int("max_answer_len", max_answer_len, low=1)
-        batch_size = _check_int("batch_size", batch_size, low=1)
+        max_length = check_int("max_length", max_length, where="QuestionAnswerer: ", low=1)
+        stride = check_int(
+            "stride", stride, where="QuestionAnswerer: ", low=0, high=max_length, high_name=f"max_length = {max_length}"
+        )
+        max_answer_len = check_int("max_answer_len", max_answer_len, where="QuestionAnswerer: ", low=1)
+        batch_size = check_int("batch_size", batch_size, where="QuestionAnswerer: ", low=1)
         if not isinstance(fused_head, bool):
             got = f"{fused_head!r} ({type(fused_head).__name__})"
             raise TypeError(f"QuestionAnswerer: fused_head must be a bool; got {got}")

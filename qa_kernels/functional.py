@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import ops, torch_impl
+from ._checks import check_tensor, describe
 from .backend import implementation
 from .outputs import QAHeadOutput
 
@@ -26,44 +27,32 @@ _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 _INPUT_NAMES = ("hidden", "weight", "bias", "start_positions", "end_positions", "num_items_in_batch")
 
 
-def _describe(t: Tensor) -> str:
-    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
-
-
-def _check_tensor(name: str, t: object) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-    if t.layout != torch.strided:
-        raise TypeError(f"{name} must be a dense (strided) tensor; got layout {t.layout}, {_describe(t)}")
-    return t
-
-
 def _check_float(name: str, t: Tensor) -> None:
     if t.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16; got {_describe(t)}")
+        raise TypeError(f"{name} must be float32, float16 or bfloat16; got {describe(t)}")
 
 
 def _check_device(name: str, t: Tensor, hidden: Tensor) -> None:
     if t.device != hidden.device:
-        raise ValueError(f"{name} must be on hidden's device {hidden.device}; got {_describe(t)}")
+        raise ValueError(f"{name} must be on hidden's device {hidden.device}; got {describe(t)}")
 
 
 def _check_positions(name: str, positions: Tensor, hidden: Tensor) -> Tensor:
     """(B,) or (B, 1) int64/int32/uint8 on hidden's device -> a (B,) int64/int32 tensor: a view for
     int64/int32 (never a copy, never modified), a B-element int32 copy for uint8."""
-    _check_tensor(name, positions)
+    check_tensor(name, positions)
     B = hidden.shape[0]
     if positions.dtype not in _POSITION_DTYPES:
         raise TypeError(
             f"{name} must be an integer tensor of token indices, int64 (int32 and uint8 accepted); "
-            f"got {_describe(positions)}"
+            f"got {describe(positions)}"
         )
     # Size by size: under torch.compile(dynamic=True) B is symbolic, and a comparison of torch.Size
     # with a tuple would not hold.
     dims = positions.dim()
     if not (dims in (1, 2) and positions.shape[0] == B and (dims == 1 or positions.shape[1] == 1)):
         raise ValueError(
-            f"{name} must have shape ({B},) or ({B}, 1) to match hidden's batch of {B}; got {_describe(positions)}"
+            f"{name} must have shape ({B},) or ({B}, 1) to match hidden's batch of {B}; got {describe(positions)}"
         )
     _check_device(name, positions, hidden)
     positions = positions.reshape(B)
@@ -77,10 +66,10 @@ def _check_num_items(num_items_in_batch: object, hidden: Tensor) -> tuple[Option
     if isinstance(num_items_in_batch, Tensor):
         if num_items_in_batch.numel() != 1:
             raise ValueError(
-                f"num_items_in_batch must be a number or a one-element tensor; got {_describe(num_items_in_batch)}"
+                f"num_items_in_batch must be a number or a one-element tensor; got {describe(num_items_in_batch)}"
             )
         if num_items_in_batch.dtype == torch.bool or num_items_in_batch.is_complex():
-            raise TypeError(f"num_items_in_batch must be a real number; got {_describe(num_items_in_batch)}")
+            raise TypeError(f"num_items_in_batch must be a real number; got {describe(num_items_in_batch)}")
         # Non-blocking only towards a GPU: a device-to-host copy could still be in flight when a CPU
         # kernel reads it.
         non_blocking = hidden.device.type == "cuda"
@@ -138,22 +127,22 @@ def qa_head(
     Raises:
         TypeError / ValueError naming the argument, what it got and what is expected.
     """
-    _check_tensor("hidden", hidden)
+    check_tensor("hidden", hidden)
     if hidden.dim() != 3:
-        raise ValueError(f"hidden must be 3-D (B, S, H); got {_describe(hidden)}")
+        raise ValueError(f"hidden must be 3-D (B, S, H); got {describe(hidden)}")
     _check_float("hidden", hidden)
     S, H = hidden.shape[1:]
     if S == 0:
-        raise ValueError(f"hidden must have a sequence length S >= 1; got {_describe(hidden)}")
-    _check_tensor("weight", weight)
+        raise ValueError(f"hidden must have a sequence length S >= 1; got {describe(hidden)}")
+    check_tensor("weight", weight)
     if not (weight.dim() == 2 and weight.shape[0] == 2 and weight.shape[1] == H):
-        raise ValueError(f"weight must have shape (2, {H}) for hidden size {H}; got {_describe(weight)}")
+        raise ValueError(f"weight must have shape (2, {H}) for hidden size {H}; got {describe(weight)}")
     _check_float("weight", weight)
     _check_device("weight", weight, hidden)
     if bias is not None:
-        _check_tensor("bias", bias)
+        check_tensor("bias", bias)
         if not (bias.dim() == 1 and bias.shape[0] == 2):
-            raise ValueError(f"bias must have shape (2,); got {_describe(bias)}")
+            raise ValueError(f"bias must have shape (2,); got {describe(bias)}")
         _check_float("bias", bias)
         _check_device("bias", bias, hidden)
     if start_positions is not None:

@@ -28,22 +28,15 @@ Work: O(B * S * max_answer_len) plus a per-row top-k; no S x S tensor anywhere.
 
 from __future__ import annotations
 
-import numbers
 from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from . import native
+from ._checks import check_int, check_tensor, describe
+from ._span_constants import _NO_KEY, MASKED_LOGIT, MAX_SEQUENCE_LENGTH, MAX_TOP_K, SCORES
 from .backend import resolve, triton_available
-
-MAX_SEQUENCE_LENGTH = 65535  # i and j are packed into 16 bits each in the ranking key
-# Ranks beyond a row's spans are padding (-1, -1, -inf): allowed up to this many, so that the output's
-# width need not depend on S; beyond both, top_k is refused rather than allocated.
-MAX_TOP_K = 65535
-SCORES = ("prob", "logit")
-MASKED_LOGIT = -10000.0  # transformers' value for tokens outside the context
-_NO_KEY = -9_200_000_000_000_000_000  # below every span's key (the lowest is about -9.1873e18)
 
 
 class SpanOutput(NamedTuple):
@@ -192,29 +185,13 @@ def _(start_logits, end_logits, context_mask, max_answer_len, top_k, logit_score
 # ----------------------------------------------------------------------------------------------
 
 
-def _describe(t: Tensor) -> str:
-    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
-
-
 def _check_logits(name: str, t: object) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-    if t.layout != torch.strided:
-        raise TypeError(f"{name} must be a dense (strided) tensor; got layout {t.layout}, {_describe(t)}")
+    t = check_tensor(name, t)
     if t.dim() != 2:
-        raise ValueError(f"{name} must have shape (B, S); got {_describe(t)}")
+        raise ValueError(f"{name} must have shape (B, S); got {describe(t)}")
     if not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor; got {_describe(t)}")
+        raise TypeError(f"{name} must be a floating-point tensor; got {describe(t)}")
     return t
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    """A Python or numpy integer >= 1, as an int."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1; got {value}")
-    return int(value)
 
 
 def decode_spans(
@@ -264,11 +241,11 @@ def decode_spans(
         raise ValueError(f"end_logits must be on start_logits' device {start_logits.device}; got {end_logits.device}")
     S = start_logits.shape[1]
     if S < 1:
-        raise ValueError(f"start_logits must have at least one token (S >= 1); got {_describe(start_logits)}")
+        raise ValueError(f"start_logits must have at least one token (S >= 1); got {describe(start_logits)}")
     if S > MAX_SEQUENCE_LENGTH:
         raise ValueError(f"decode_spans supports S <= {MAX_SEQUENCE_LENGTH} tokens per row; got S = {S}")
-    max_answer_len = _check_positive_int("max_answer_len", max_answer_len)
-    top_k = _check_positive_int("top_k", top_k)
+    max_answer_len = check_int("max_answer_len", max_answer_len, low=1)
+    top_k = check_int("top_k", top_k, low=1)
     L = min(max_answer_len, S)
     if top_k > max(S * L, MAX_TOP_K):  # an absurd top_k would become a (B, top_k) allocation
         raise ValueError(
@@ -282,11 +259,11 @@ def decode_spans(
             raise TypeError(f"context_mask must be a torch.Tensor or None; got {type(context_mask).__name__}")
         if context_mask.shape != start_logits.shape:
             raise ValueError(
-                f"context_mask must have the logits' shape {tuple(start_logits.shape)}; got {_describe(context_mask)}"
+                f"context_mask must have the logits' shape {tuple(start_logits.shape)}; got {describe(context_mask)}"
             )
         if context_mask.device != start_logits.device:
             raise ValueError(
-                f"context_mask must be on the logits' device {start_logits.device}; got {_describe(context_mask)}"
+                f"context_mask must be on the logits' device {start_logits.device}; got {describe(context_mask)}"
             )
         if context_mask.dtype != torch.bool:
             context_mask = context_mask != 0

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..backend import triton_interpreter_on
+from .._env import triton_interpreter_on
 
 # ----------------------------------------------------------------------------------------------
 # Launch heuristics, in one place. The interpreter's cost is per program and per op, so it gets

@@ -21,8 +21,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..backend import triton_interpreter_on
-from ..spans import _NO_KEY, MASKED_LOGIT, MAX_SEQUENCE_LENGTH
+from .._env import triton_interpreter_on
+from .._span_constants import _NO_KEY, MASKED_LOGIT, MAX_SEQUENCE_LENGTH
 
 # Module constants a @triton.jit function reads must be constexpr.
 _NO_KEY_C = tl.constexpr(_NO_KEY)
