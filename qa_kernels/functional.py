@@ -169,7 +169,7 @@ def qa_head(
         start_logits, end_logits, loss, _, _ = ops.qa_head_fwd(*args)
     if start_positions is None:
         return QAHeadOutput(start_logits, end_logits, None)
-    if num_items is not None and num_items.is_floating_point() and num_items.dtype != torch.float32:
+    if num_items is not None and num_items.is_floating_point():
         # Eager divides its float32 loss by the tensor: type promotion gives a float64 loss for a
         # float64 num_items_in_batch (float32 for half and integer ones).
         loss = loss.to(torch.promote_types(loss.dtype, num_items.dtype))

@@ -73,9 +73,14 @@ def _prebuilt_path() -> Optional[Path]:
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = _PACKAGE_DIR / f"_C{suffix}"
         if path.is_file():
-            newest = max((os.path.getmtime(p) for p in _all_sources()), default=0.0)
-            return path if os.path.getmtime(path) >= newest else None
+            return path if _is_current(path) else None
     return None
+
+
+def _is_current(library: Path) -> bool:
+    """``library`` exists and is not older than any of csrc/'s sources."""
+    newest = max((os.path.getmtime(p) for p in _all_sources()), default=0.0)
+    return library.is_file() and os.path.getmtime(library) >= newest
 
 
 def _all_sources() -> list[str]:
@@ -102,8 +107,7 @@ def _jit_build() -> None:
     build_dir = build_directory()
     build_dir.mkdir(parents=True, exist_ok=True)
     built = build_dir / "qa_kernels_native.so"
-    newest = max((os.path.getmtime(p) for p in _all_sources()), default=0.0)
-    if not (built.is_file() and os.path.getmtime(built) >= newest):  # ninja will compile: say so first
+    if not _is_current(built):  # ninja will compile: say so first
         why = "csrc/ changed since the cached build" if built.is_file() else "no build of csrc/ is cached yet"
         print(
             f"qa_kernels: compiling the native kernels (csrc/) just in time into {build_dir} ({why}); "

@@ -247,9 +247,10 @@ def decode_spans(
     max_answer_len = check_int("max_answer_len", max_answer_len, low=1)
     top_k = check_int("top_k", top_k, low=1)
     L = min(max_answer_len, S)
-    if top_k > max(S * L, MAX_TOP_K):  # an absurd top_k would become a (B, top_k) allocation
+    top_k_limit = max(S * L, MAX_TOP_K)
+    if top_k > top_k_limit:  # an absurd top_k would become a (B, top_k) allocation
         raise ValueError(
-            f"top_k must be <= {max(S * L, MAX_TOP_K)}: the most spans a row holds, S * min(max_answer_len, S) "
+            f"top_k must be <= {top_k_limit}: the most spans a row holds, S * min(max_answer_len, S) "
             f"= {S} * {L} = {S * L}, or {MAX_TOP_K} where that is larger; got top_k = {top_k}"
         )
     if score not in SCORES:

@@ -17,7 +17,7 @@ import torch.autograd.forward_ad as fwAD
 import qa_kernels
 from qa_kernels import backend as qa_backend
 from qa_kernels import reference
-from tests.utils import TOLERANCE, assert_close
+from tests.utils import TOLERANCE, assert_close, in_threads, skip_threads_under_the_interpreter
 
 FUZZ_CASES = 48
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -332,27 +332,6 @@ def test_sparse_and_dtensor_inputs_are_refused_by_name(backend, device):
 # Threads.
 
 
-def _in_threads(n: int, work) -> None:
-    """Runs ``work(i)`` in ``n`` threads started together; re-raises the first failure."""
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(n)
-
-    def run(i):
-        try:
-            barrier.wait()
-            work(i)
-        except BaseException as e:  # reported to the main thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-
-
 def test_use_backend_is_per_thread(device):
     """Two threads in their own use_backend blocks, interleaved at a barrier, each see (and run) their
     own backend; a fresh thread sees the process-wide choice; the main thread's is left alone."""
@@ -369,7 +348,7 @@ def test_use_backend_is_per_thread(device):
         seen[i] += (qa_kernels.get_backend(),)
 
     with qa_kernels.use_backend("torch"):
-        _in_threads(2, work)
+        in_threads(2, work)
         assert qa_kernels.get_backend() == "torch"
     assert qa_kernels.get_backend() == before
     for i in range(2):
@@ -377,7 +356,7 @@ def test_use_backend_is_per_thread(device):
     qa_kernels.set_backend("torch")
     try:
         seen_fresh = []
-        _in_threads(1, lambda i: seen_fresh.append(qa_kernels.get_backend()))
+        in_threads(1, lambda i: seen_fresh.append(qa_kernels.get_backend()))
         assert seen_fresh == ["torch"]
         with qa_kernels.use_backend("auto"):  # a block still wins over the process-wide choice
             assert qa_kernels.get_backend() == "auto"
@@ -405,8 +384,7 @@ def test_backward_runs_on_the_forwards_backend(device, monkeypatch):
 def test_qa_head_from_many_threads(backend, device):
     """Plain concurrent calls (forward and backward, different inputs per thread) give each thread
     its own reference numbers."""
-    if backend == "triton" and qa_backend.triton_interpreter_on():
-        pytest.skip("Triton's interpreter keeps the program ids of a launch in process-global state")
+    skip_threads_under_the_interpreter(backend)
 
     def work(i):
         torch.manual_seed(i)
@@ -425,7 +403,7 @@ def test_qa_head_from_many_threads(backend, device):
         with qa_kernels.use_backend(backend):
             work(i)
 
-    _in_threads(4, in_block)
+    in_threads(4, in_block)
 
 
 # ------------------------------------------------------------------------------------------------

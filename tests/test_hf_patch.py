@@ -21,7 +21,7 @@ from torch import nn
 import qa_kernels
 from qa_kernels import ops
 from qa_kernels.integrations import hf
-from tests.utils import TOLERANCE, assert_close
+from tests.utils import TOLERANCE, assert_close, in_threads, skip_threads_under_the_interpreter
 
 transformers = pytest.importorskip("transformers")
 
@@ -424,41 +424,26 @@ def test_one_model_serves_many_threads(backend, device):
     """One patched model called from four threads at once, labelled and unlabelled calls interleaved,
     with and without autograd: every call gets eager's loss for its own positions (and none without
     them), and no call raises. Nothing about a call lives on the model."""
-    import threading
-
-    from qa_kernels import backend as qa_backend
-
-    if backend == "triton" and qa_backend.triton_interpreter_on():
-        pytest.skip("Triton's interpreter keeps the program ids of a launch in process-global state")
+    skip_threads_under_the_interpreter(backend)
     eager, fused = twin("bert", device)
     inputs = make_inputs("bert", device)
-    barrier, errors = threading.Barrier(4), []
 
     def work(i):
-        try:
-            generator = torch.Generator().manual_seed(i)
-            with qa_kernels.use_backend(backend):
-                barrier.wait()
-                for step in range(12):
-                    start, end = (torch.randint(-2, S + 2, (B,), generator=generator).to(device) for _ in range(2))
-                    with torch.set_grad_enabled(step % 2 == 0):
-                        if (i + step) % 3 == 0:
-                            out, ref = fused(**inputs), eager(**inputs)
-                            assert out.loss is None
-                        else:
-                            out = fused(**inputs, start_positions=start, end_positions=end)
-                            ref = eager(**inputs, start_positions=start, end_positions=end)
-                            assert_close(out.loss, ref.loss, FP32_TOL, f"thread {i} step {step} loss")
-                    assert_close(out.start_logits, ref.start_logits, FP32_TOL, "start_logits")
-        except BaseException as e:  # reported to the main thread
-            errors.append(e)
+        generator = torch.Generator().manual_seed(i)
+        with qa_kernels.use_backend(backend):
+            for step in range(12):
+                start, end = (torch.randint(-2, S + 2, (B,), generator=generator).to(device) for _ in range(2))
+                with torch.set_grad_enabled(step % 2 == 0):
+                    if (i + step) % 3 == 0:
+                        out, ref = fused(**inputs), eager(**inputs)
+                        assert out.loss is None
+                    else:
+                        out = fused(**inputs, start_positions=start, end_positions=end)
+                        ref = eager(**inputs, start_positions=start, end_positions=end)
+                        assert_close(out.loss, ref.loss, FP32_TOL, f"thread {i} step {step} loss")
+                assert_close(out.start_logits, ref.start_logits, FP32_TOL, "start_logits")
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
+    in_threads(4, work)
 
 
 def test_patched_model_pickles_and_wraps_in_data_parallel(device):

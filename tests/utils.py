@@ -1,8 +1,14 @@
-"""Tolerances and comparisons shared by the test files."""
+"""Tolerances, comparisons and the thread harness shared by the test files."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
+import pytest
 import torch
+
+from qa_kernels._env import triton_interpreter_on
 
 # Max |actual - expected| allowed, as a fraction of max |expected| (a norm-relative bound: the
 # outputs are sums over H or over B*S, whose rounding error scales with the largest term).
@@ -34,3 +40,31 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, name:
     err = (actual - expected).abs().max().item()
     scale = expected.abs().max().item()
     assert err <= tol * scale + atol, f"{name}: max error {err:.3g} > {tol:g} x max|expected| {scale:.3g} + {atol:g}"
+
+
+def in_threads(n: int, work: Callable[[int], object]) -> None:
+    """Runs ``work(i)`` in ``n`` threads started together; re-raises the first failure."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(n)
+
+    def run(i):
+        try:
+            barrier.wait()
+            work(i)
+        except BaseException as e:  # reported to the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def skip_threads_under_the_interpreter(backend: str) -> None:
+    """Triton's interpreter is not thread-safe: it keeps the program ids of a launch in one
+    process-global object (triton/runtime/interpreter.py's interpreter_builder)."""
+    if backend == "triton" and triton_interpreter_on():
+        pytest.skip("Triton's interpreter keeps the program ids of a launch in process-global state")
