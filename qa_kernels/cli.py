@@ -2,11 +2,14 @@
 
 qa-kernels bench        time qa_kernels' kernels against eager PyTorch, torch.compile, transformers here,
                         with each result's error against a float64 reference
+qa-kernels doctor       what is installed and built here, which implementation each op runs on each
+                        device, and why a faster one is missing
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import os
 import shlex
@@ -22,7 +25,7 @@ def _add_bench(sub) -> None:
 
     bench = sub.add_parser(
         "bench",
-        help="time eager, torch.compile, transformers and qa_kernels' kernels here; table, CSV, plot",
+        help=BENCH_HELP,
         description="Times each provider in each mode at each shape and dtype, interleaving the "
         "providers, and prints the median time [p20, p80], the speed-up over the suite's baseline "
         f"({per_suite(lambda s: s.baseline)}), the achieved GB/s and its fraction of the device's copy "
@@ -68,12 +71,30 @@ def _add_bench(sub) -> None:
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _parser() -> argparse.ArgumentParser:
+BENCH_HELP = "time eager, torch.compile, transformers and qa_kernels' kernels here; table, CSV, plot"
+
+
+def _parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser; bench's options (which describe the suites, and so import torch) only when
+    ``command`` is bench: ``qa-kernels --help`` answers without importing torch."""
     parser = argparse.ArgumentParser(
         prog="qa-kernels", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_bench(sub)
+    if command == "bench":
+        _add_bench(sub)
+    else:
+        sub.add_parser("bench", help=BENCH_HELP)
+    doctor = sub.add_parser(
+        "doctor",
+        help="what is installed and built here, and which implementation each op runs",
+        description="Prints the versions of what qa_kernels runs on, the native extension's state (what the "
+        "install-time build recorded, which library loads, for which devices, and why not), Triton's, and "
+        "which implementation each op runs on each device here. Compiles nothing unless --build.",
+    )
+    doctor.add_argument(
+        "--build", action="store_true", help="load the native extension even if that means compiling it now"
+    )
     return parser
 
 
@@ -183,11 +204,78 @@ def _bench(args: argparse.Namespace, command: str) -> int:
     return 130 if interrupted else 0
 
 
+def _version(module: str) -> str:
+    try:
+        return importlib.import_module(module).__version__
+    except ImportError:
+        return "not installed"
+    except Exception as e:  # installed but broken: say how
+        return f"does not import ({type(e).__name__}: {e})"
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import platform
+    import warnings
+
+    import torch
+
+    from . import __version__, backend, native, spans
+    from ._env import triton_available, triton_interpreter_on
+    from .bench.harness import cpu_name
+
+    cuda = torch.cuda.is_available()
+    sections: dict[str, dict[str, str]] = {
+        "versions": {
+            "qa_kernels": __version__,
+            "python": f"{platform.python_version()} ({sys.executable})",
+            "platform": platform.platform(),
+            "torch": f"{torch.__version__} (CUDA {torch.version.cuda or 'none'}, "
+            f"{torch.get_num_threads()} CPU threads)",
+            "triton": _version("triton"),
+            "transformers": _version("transformers"),
+            "numpy": _version("numpy"),
+        },
+        "devices": {"cpu": cpu_name()},
+        "native extension": native.report(load=args.build),
+        "triton": {
+            "installed": "yes" if triton_available() else "no (pip install 'qa-kernels[triton]' on CPU)",
+            "interpreter (CPU tensors)": "on" if triton_interpreter_on() else "off (TRITON_INTERPRET=1 turns it on)",
+        },
+    }
+    if cuda:
+        for i in range(torch.cuda.device_count()):
+            major, minor = torch.cuda.get_device_capability(i)
+            sections["devices"][f"cuda:{i}"] = f"{torch.cuda.get_device_name(i)} (sm_{major}{minor})"
+    choice: dict[str, str] = {"requested": f"{backend.get_backend()} ({backend.ENV_VAR}, set_backend, use_backend)"}
+    compiles = "not yet: the first use compiles" in sections["native extension"].get("loaded", "")
+    for device in ("cpu", "cuda") if cuda else ("cpu",):
+        if device == "cpu" and compiles:
+            choice["cpu"] = "native once the just-in-time build succeeds, else torch"
+            continue
+        try:
+            with warnings.catch_warnings():  # the reason is printed above, not as a warning
+                warnings.simplefilter("ignore")
+                choice[f"qa_head on {device}"] = backend.resolve(device)
+                choice[f"decode_spans on {device}"] = spans.implementation_name(device)
+        except RuntimeError as e:
+            choice[device] = f"error: {e}"
+    sections["implementation that runs"] = choice
+    for title, facts in sections.items():
+        print(f"{title}:")
+        width = max(map(len, facts))
+        for key, value in facts.items():
+            print(f"  {key:<{width}}  {value}")
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    command = next((a for a in arguments if not a.startswith("-")), None)
+    args = _parser(command).parse_args(arguments)
     if args.command == "bench":
-        return _bench(args, shlex.join(["qa-kernels", *(sys.argv[1:] if argv is None else argv)]))
+        return _bench(args, shlex.join(["qa-kernels", *arguments]))
+    if args.command == "doctor":
+        return _doctor(args)
     raise AssertionError(args.command)
 
 

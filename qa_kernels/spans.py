@@ -143,12 +143,18 @@ def decode_spans_torch(
 # ----------------------------------------------------------------------------------------------
 
 
-def _implementation(device_type: str):
-    """The function that decodes on this device. The native extension has span kernels for the CPU
-    only: with ``native`` chosen on CUDA, Triton's kernel decodes (the torch one without Triton)."""
+def implementation_name(device_type: str) -> str:
+    """The implementation that decodes on this device. The native extension has span kernels for the
+    CPU only: with ``native`` chosen on CUDA, Triton's kernel decodes (the torch one without Triton)."""
     name = resolve(device_type)
     if name == "native" and not native.has_kernel("decode_spans", device_type):
         name = "triton" if device_type == "cuda" and triton_available() else "torch"
+    return name
+
+
+def _implementation(device_type: str):
+    """The function that decodes on this device (:func:`implementation_name`)."""
+    name = implementation_name(device_type)
     if name == "triton":
         from .triton.spans import decode_spans as impl
     elif name == "native":

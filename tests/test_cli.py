@@ -348,3 +348,23 @@ def test_spans_script_is_the_cli_suite(tmp_path, capsys):
     assert bench_spans.main(argv) == 0
     assert "qa-kernels bench --suite spans --warmup-ms 100 --rep-ms 1000 --shapes 2x16" in capsys.readouterr().out
     assert [r["provider"] for r in _read(out_csv)] == ["transformers", "torch"]
+
+
+def test_doctor_reports_versions_the_extension_and_what_runs(capsys):
+    assert cli.main(["doctor"]) == 0
+    printed = capsys.readouterr().out
+    for section in ("versions:", "devices:", "native extension:", "triton:", "implementation that runs:"):
+        assert section in printed, printed
+    assert f"torch         {torch.__version__}" in printed
+    expected = qa_backend.resolve("cpu")
+    assert any(line.split() == ["qa_head", "on", "cpu", expected] for line in printed.splitlines()), printed
+
+
+def test_doctor_says_what_a_first_call_would_compile(capsys, monkeypatch):
+    from qa_kernels import native
+
+    facts = {"sources": "x", "loaded": "not yet: the first use compiles the sources just in time (minutes)"}
+    monkeypatch.setattr(native, "report", lambda load=False: facts)
+    assert cli.main(["doctor"]) == 0
+    printed = capsys.readouterr().out
+    assert "native once the just-in-time build succeeds, else torch" in printed

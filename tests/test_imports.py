@@ -65,3 +65,47 @@ def test_each_module_imports_alone(name):
     done = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True, timeout=120,
                           cwd=PACKAGE.parent)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _run(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=PACKAGE.parent)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_the_package_and_the_command_help_do_not_import_torch():
+    """``import qa_kernels`` and ``qa-kernels --help`` / ``doctor --help`` answer without torch (about
+    a second to import); the public names load it on first use."""
+    out = _run(
+        "import contextlib, io, sys\n"
+        "import qa_kernels, qa_kernels.cli\n"
+        "for argv in (['--help'], ['doctor', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()) as text, contextlib.suppress(SystemExit):\n"
+        "        qa_kernels.cli.main(argv)\n"
+        "    assert 'usage: qa-kernels' in text.getvalue(), text.getvalue()\n"
+        "print('torch' in sys.modules, qa_kernels.__version__)\n"
+    )
+    assert out.split()[0] == "False", out
+
+
+@pytest.mark.parametrize("first", ["qa_head", "decode_spans", "QAHead", "reference", "use_backend"])
+def test_the_first_public_name_loads_it_and_registers_both_ops(first):
+    out = _run(
+        "import qa_kernels, torch\n"
+        f"value = getattr(qa_kernels, {first!r})\n"
+        "assert qa_kernels.__dict__[" + repr(first) + "] is value  # cached: the next lookup is plain\n"
+        "ns = torch.ops.qa_kernels\n"
+        "print(all(hasattr(ns, op) for op in ('qa_head_fwd', 'qa_head_bwd', 'decode_spans')))\n"
+    )
+    assert out.split()[-1] == "True", out
+
+
+def test_all_lists_exactly_the_lazy_names_and_each_resolves():
+    import qa_kernels
+
+    assert sorted(qa_kernels.__all__) == sorted([*qa_kernels._EXPORTS, *qa_kernels._SUBMODULES])
+    for name in qa_kernels.__all__:
+        assert getattr(qa_kernels, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'qa_headd'"):
+        qa_kernels.qa_headd  # noqa: B018

@@ -3,6 +3,7 @@ every backend through conftest's `backend` fixture: tests/test_qa_head.py and fr
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -252,11 +253,60 @@ def test_jit_build_says_so_before_compiling(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(native.shutil, "which", lambda name: "/usr/bin/" + name)
     monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: None)  # the compile itself is not under test
     native._jit_build()
-    assert "compiling the native kernels (csrc/) just in time" in capsys.readouterr().err
+    assert f"compiling the native kernels ({native.CSRC_DIR}) just in time" in capsys.readouterr().err
     library = native.build_directory() / "qa_kernels_native.so"
     library.write_bytes(b"")  # a cached build newer than every source
     native._jit_build()
     assert capsys.readouterr().err == ""
     os.utime(library, (0, 0))  # older than the sources: a rebuild, named as such
     native._jit_build()
-    assert "csrc/ changed since the cached build" in capsys.readouterr().err
+    assert "the sources changed since the cached build" in capsys.readouterr().err
+
+
+def test_the_install_time_build_record_is_part_of_the_reason(fresh_loader, tmp_path):
+    """A wheel whose build failed says why at first use (setup.py's record), beside the JIT's reason."""
+    record = tmp_path / "_build.json"
+    record.write_text(json.dumps({"native": "failed", "reason": "compiling csrc/ with 'x' failed: boom",
+                                  "torch": torch.__version__, "cuda": False}))  # fmt: skip
+    fresh_loader.setattr(native, "BUILD_RECORD", record)
+    fresh_loader.setattr(native, "_ops_registered", lambda: False)
+    fresh_loader.setattr(native, "_prebuilt_path", lambda: None)
+    fresh_loader.setenv("QA_KERNELS_NO_JIT", "1")
+    assert not native.available()
+    reason = native.unavailable_reason()
+    assert "the install-time build failed (compiling csrc/ with 'x' failed: boom)" in reason
+    assert "QA_KERNELS_NO_JIT=1" in reason
+    assert native.report()["install-time build"].startswith("failed (compiling csrc/ with 'x' failed: boom)")
+
+
+def test_an_installed_library_is_used_whatever_its_sources_times(tmp_path, monkeypatch):
+    """pip writes a wheel's files in any order, so the copy of csrc/ may look newer than _C: only a
+    source checkout's csrc/ can make its library stale."""
+    suffix = native.importlib.machinery.EXTENSION_SUFFIXES[0]
+    library = tmp_path / f"_C{suffix}"
+    library.write_bytes(b"")
+    os.utime(library, (0, 0))  # older than every source
+    monkeypatch.setattr(native, "_PACKAGE_DIR", tmp_path)
+    monkeypatch.setattr(native, "_SOURCE_CHECKOUT", False)
+    assert native._prebuilt_path() == library
+    monkeypatch.setattr(native, "_SOURCE_CHECKOUT", True)
+    assert native._prebuilt_path() is None
+
+
+def test_report_compiles_nothing_unless_asked(fresh_loader, tmp_path):
+    def no_build():
+        raise AssertionError("report() must not compile")
+
+    fresh_loader.setenv("QA_KERNELS_CACHE", str(tmp_path))  # no cached build
+    fresh_loader.setattr(native, "_ops_registered", lambda: False)
+    fresh_loader.setattr(native, "_prebuilt_path", lambda: None)
+    fresh_loader.setattr(native, "_jit_build", no_build)
+    facts = native.report()
+    assert facts["loaded"].startswith("not yet: the first use compiles")
+    assert {"sources", "install-time build", "prebuilt library", "just-in-time build"} <= facts.keys()
+
+
+@requires_native
+def test_report_names_the_loaded_library_and_its_devices():
+    facts = native.report()
+    assert facts["loaded"].startswith("yes, from ") and "cpu" in facts["kernels for"]

@@ -146,7 +146,7 @@ class Environment:
         return f"{self.device_name} ({threads}; {load}), torch {self.torch}, triton {self.triton}"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -182,7 +182,7 @@ def environment(device: str) -> Environment:
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         name, cache = props.name, props.L2_cache_size
     else:
-        name, cache = f"cpu: {_cpu_name()}", _cpu_cache_bytes()
+        name, cache = f"cpu: {cpu_name()}", _cpu_cache_bytes()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return Environment(device, name, torch.__version__, triton_version, torch.get_num_threads(), load, cache)
 
