@@ -7,13 +7,17 @@ BIN := $(VENV)/bin
 
 .PHONY: setup run test lint format
 
-# torch is installed first, under constraints.txt (the local CPU wheel): installed later or as a
-# dependency, pip would fetch the newest torch with several GB of CUDA packages. (numpy and ninja
-# with it: setup.py imports torch and builds csrc/ with ninja, without build isolation.)
-$(BIN)/.installed: pyproject.toml setup.py constraints.txt
+# torch is installed first, the CPU build of the version constraints.txt pins: installed later or as
+# a dependency, pip would fetch the newest torch, on Linux with several GB of CUDA packages.
+# tools/install_torch.py takes it from the configured indexes where they hold a CPU build (this
+# project's machines have one on disk), else from PyTorch's CPU index (CPU_TORCH_INDEX). numpy and
+# ninja come with it: setup.py imports torch and builds csrc/ with ninja, without build isolation.
+CPU_TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
+$(BIN)/.installed: pyproject.toml setup.py constraints.txt tools/install_torch.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install --quiet -c constraints.txt torch numpy ninja
+	$(BIN)/python tools/install_torch.py --constraints constraints.txt --cpu-index $(CPU_TORCH_INDEX) torch numpy ninja
 	$(BIN)/python -m pip install --quiet -c constraints.txt --no-build-isolation -e ".[test,bench,dev]"
 	touch $@
 

@@ -65,9 +65,12 @@ def test_sdist_tests_run_from_the_unpacked_sdist(built):
     assert " passed" in done.stdout
 
 
-def test_wheel_ships_the_typing_marker_and_the_license(built):
+def test_wheel_ships_the_typing_marker_the_license_the_sources_and_the_build_record(built):
     files = built["wheel"]
     assert "qa_kernels/py.typed" in files
+    # the sources, for the just-in-time build of a wheel without the library, and the build's record
+    assert "qa_kernels/csrc/registration.cpp" in files and "qa_kernels/csrc/qa_head.h" in files
+    assert "qa_kernels/_build.json" in files
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in files), files
     assert not any(name.startswith("tests/") for name in files), "the tests are not part of the installed package"
 
