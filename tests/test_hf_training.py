@@ -1,5 +1,6 @@
 """A patched transformers model in the places a user trains it: an AdamW loop (fp32 and CPU bf16
-autocast), transformers' Trainer, torch.compile, autocast, and 2-process DistributedDataParallel.
+autocast), transformers' Trainer, torch.compile, autocast, and two processes on gloo:
+DistributedDataParallel, FSDP2 (fully_shard) and Trainer launched with torchrun.
 
 Every test compares the patched model with an eager twin (same seed, same data). The training
 runs use the default backend (native or torch on CPU): the head's math is held to every backend in
@@ -23,7 +24,10 @@ from __future__ import annotations
 import copy
 import os
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -309,29 +313,53 @@ def test_bf16_model_without_autocast_loss_dtype():
 
 
 # ------------------------------------------------------------------------------------------------
-# DistributedDataParallel: 2 CPU processes (gloo), each with half of the batch.
+# Two CPU processes (gloo), each with half of the batch: DistributedDataParallel, FSDP2's
+# fully_shard, and transformers' Trainer launched with torchrun. Each is compared with one process
+# over the whole batch.
 
-DDP_BATCH = 4
+DIST_BATCH = 4
 
 
-def _ddp_batch() -> dict[str, torch.Tensor]:
+def _dist_batch() -> dict[str, torch.Tensor]:
     # Every position valid, so each rank's mean runs over the same number of rows and the average of
-    # the two ranks' gradients (what DDP's all-reduce computes) equals the full batch's gradient.
-    data = span_dataset(n=DDP_BATCH, seed=1)
-    return data
+    # the two ranks' gradients (what DDP's all-reduce and FSDP's reduce-scatter compute) equals the
+    # full batch's gradient.
+    return span_dataset(n=DIST_BATCH, seed=1)
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, result_path: str) -> None:
+def _wrap(model: torch.nn.Module, engine: str) -> torch.nn.Module:
+    if engine == "ddp":
+        return torch.nn.parallel.DistributedDataParallel(model)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (torch.distributed.get_world_size(),))
+    for layer in model.bert.encoder.layer:  # the usual per-block sharding, then the root
+        fully_shard(layer, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+def _full_gradients(model: torch.nn.Module, engine: str) -> dict[str, torch.Tensor]:
+    """Every rank calls this: FSDP2's gradients are sharded DTensors, gathered collectively."""
+    module = model.module if engine == "ddp" else model
+    return {k: p.grad.full_tensor() if engine == "fsdp2" else p.grad for k, p in module.named_parameters()}
+
+
+def _dist_worker(rank: int, world_size: int, port: int, engine: str, result_path: str) -> None:
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         torch.manual_seed(0)
-        model = torch.nn.parallel.DistributedDataParallel(qa_kernels.patch(tiny_bert()))
-        shard = DDP_BATCH // world_size
-        batch = {k: v[rank * shard : (rank + 1) * shard] for k, v in _ddp_batch().items()}
-        model(**batch).loss.backward()
+        model = _wrap(qa_kernels.patch(tiny_bert()), engine)  # patch before wrapping (see the README)
+        shard = DIST_BATCH // world_size
+        batch = {k: v[rank * shard : (rank + 1) * shard] for k, v in _dist_batch().items()}
+        loss = model(**batch).loss
+        loss.backward()
+        mean_loss = loss.detach() / world_size
+        torch.distributed.all_reduce(mean_loss)  # a sum (gloo has no AVG)
+        grads = _full_gradients(model, engine)
         if rank == 0:
-            torch.save({k: p.grad for k, p in model.module.named_parameters()}, result_path)
+            torch.save({"loss": mean_loss, "grads": grads}, result_path)
         # Both ranks past every collective before either tears gloo down (a shutdown racing a
         # peer's last collective deadlocked once here).
         torch.distributed.barrier()
@@ -345,23 +373,54 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-DDP_DEADLINE_S = 300  # a hung process group fails the test instead of hanging CI
+DIST_DEADLINE_S = 300  # a hung process group fails the test instead of hanging CI
 
 
-def test_ddp_two_processes_match_one_process_full_batch(tmp_path):
-    result = tmp_path / "ddp_grads.pt"
-    workers = mp.spawn(_ddp_worker, args=(2, _free_port(), str(result)), nprocs=2, join=False)
-    deadline = time.monotonic() + DDP_DEADLINE_S
+@pytest.mark.parametrize("engine", ["ddp", "fsdp2"])
+def test_two_processes_match_one_process_full_batch(tmp_path, engine):
+    result = tmp_path / "grads.pt"
+    workers = mp.spawn(_dist_worker, args=(2, _free_port(), engine, str(result)), nprocs=2, join=False)
+    deadline = time.monotonic() + DIST_DEADLINE_S
     while not workers.join(timeout=5):
         if time.monotonic() > deadline:
             for process in workers.processes:
                 process.kill()
-            pytest.fail(f"the 2-process DDP run did not finish within {DDP_DEADLINE_S} s")
-    ddp_grads = torch.load(result)
+            pytest.fail(f"the 2-process {engine} run did not finish within {DIST_DEADLINE_S} s")
+    got = torch.load(result)
 
     torch.manual_seed(0)
     single = qa_kernels.patch(tiny_bert())
-    single(**_ddp_batch()).loss.backward()
+    loss = single(**_dist_batch()).loss
+    loss.backward()
+    assert_close(got["loss"], loss.detach(), 1e-5, "loss (the mean of the ranks' losses)")
     largest = max(p.grad.abs().max().item() for p in single.parameters())
+    assert got["grads"].keys() == dict(single.named_parameters()).keys()
     for name, p in single.named_parameters():
-        assert_close(ddp_grads[name], p.grad, 1e-4, f"grad of {name}", atol=1e-6 * largest)
+        assert_close(got["grads"][name], p.grad, 1e-4, f"grad of {name}", atol=1e-6 * largest)
+
+
+TRAINER_STEPS = 10
+
+
+def _run_trainer_script(out_dir, per_device_batch: int, processes: int) -> dict:
+    script = str(Path(__file__).with_name("torchrun_trainer.py"))
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    command = [*(launcher if processes > 1 else [sys.executable]), script, str(out_dir), str(TRAINER_STEPS),
+               str(per_device_batch)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=DIST_DEADLINE_S)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    result = torch.load(Path(out_dir) / "result.pt")
+    assert result["world_size"] == processes and len(result["losses"]) == TRAINER_STEPS
+    return result
+
+
+def test_trainer_under_torchrun_two_processes_matches_one_process(tmp_path):
+    """``torchrun --nproc-per-node 2`` (Trainer's DDP over gloo), half of each batch per process,
+    against one process over the whole batch: the same losses at every step, the same parameters
+    after the last (but the zero-gradient ones, see the module docstring)."""
+    two = _run_trainer_script(tmp_path / "two", BATCH // 2, processes=2)
+    one = _run_trainer_script(tmp_path / "one", BATCH, processes=1)
+    assert one["losses"][-3:].mean() < one["losses"][:3].mean(), "no training happened: a weak test"
+    assert_close(two["losses"], one["losses"], TRAINING_TOL["fp32"]["loss"], "per-step losses")
+    assert_params_match(two["params"], one["params"], TRAINING_TOL["fp32"]["params"])
