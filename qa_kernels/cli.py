@@ -219,7 +219,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
     import torch
 
-    from . import __version__, backend, native, spans
+    from . import __version__, backend, native
     from ._env import triton_available, triton_interpreter_on
     from .bench.harness import cpu_name
 
@@ -255,8 +255,8 @@ def _doctor(args: argparse.Namespace) -> int:
         try:
             with warnings.catch_warnings():  # the reason is printed above, not as a warning
                 warnings.simplefilter("ignore")
-                choice[f"qa_head on {device}"] = backend.resolve(device)
-                choice[f"decode_spans on {device}"] = spans.implementation_name(device)
+                for op in backend.OPS:
+                    choice[f"{op} on {device}"] = backend.resolve(op, device)
         except RuntimeError as e:
             choice[device] = f"error: {e}"
     sections["implementation that runs"] = choice

@@ -162,7 +162,7 @@ def qa_head(
     tensors = (hidden, weight, bias, start_positions, end_positions, num_items)
     route = _route(device_type, tensors)
     if route == "plain":
-        start_logits, end_logits, loss, _, _ = implementation(device_type).qa_head_fwd(*args)
+        start_logits, end_logits, loss, _, _ = implementation("qa_head", device_type).qa_head_fwd(*args)
     elif route == "transform":
         start_logits, end_logits, loss, _, _ = torch_impl.qa_head_fwd(*args)
     else:

@@ -258,7 +258,20 @@ def _check_device(hidden: Tensor) -> None:
         )
 
 
-# Same signatures and semantics as qa_kernels.torch_impl (see the ops in qa_kernels/ops.py).
+# Same signatures and semantics as qa_kernels.torch_impl and spans.decode_spans_torch (see the ops
+# in qa_kernels/ops.py and qa_kernels/spans.py).
+
+
+def decode_spans(
+    start_logits: Tensor,  # (B, S)
+    end_logits: Tensor,  # (B, S)
+    context_mask: Optional[Tensor],  # (B, S) bool
+    max_answer_len: int,
+    top_k: int,
+    logit_score: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return torch.ops.qa_kernels_native.decode_spans(start_logits, end_logits, context_mask, max_answer_len, top_k,
+                                                    logit_score)  # fmt: skip
 
 
 def qa_head_fwd(

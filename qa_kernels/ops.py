@@ -41,7 +41,7 @@ def qa_head_fwd(
     ``lse`` is each row's float32 logsumexp per side; ``scale[k]`` is ``1 / (2 * n_k)`` with ``n_k``
     the side's valid-row count, or ``num_items`` (the loss's derivative w.r.t. one row's NLL).
     """
-    impl = implementation(hidden.device.type)
+    impl = implementation("qa_head", hidden.device.type)
     return impl.qa_head_fwd(
         hidden, weight, bias, start_positions, end_positions, num_items, num_items_value, cast_dtype
     )
@@ -84,7 +84,7 @@ def qa_head_bwd(
 
     A gradient that is not needed comes back as an empty tensor of shape ``(0,)`` and costs nothing.
     """
-    impl = implementation(hidden.device.type)
+    impl = implementation("qa_head", hidden.device.type)
     return impl.qa_head_bwd(
         grad_start, grad_end, grad_loss, hidden, weight, start_logits, end_logits, lse, scale,
         start_positions, end_positions, cast_dtype,

@@ -2,9 +2,9 @@
 
 Layers, thin and in this order: :func:`decode_spans` (argument checks) → the registered op
 ``qa_kernels::decode_spans`` (fake kernel for tracing) → the implementation that
-:func:`qa_kernels.backend.resolve` picks: the Triton kernel (``triton/spans.py``; CUDA, or CPU under
-the interpreter), the native C++ kernel (``csrc/spans.cpp``) when the extension is built with it,
-or the vectorized PyTorch implementation below.
+:mod:`qa_kernels.backend`'s registry picks: the Triton kernel (``triton/spans.py``; CUDA, or CPU
+under the interpreter), the native C++ kernel (``csrc/spans.cpp``; CPU), or the vectorized PyTorch
+implementation below.
 
 The contract (every implementation computes exactly this; float32 math throughout):
   candidates  (i, j) with i <= j < i + max_answer_len, j < S, context[i] and context[j]
@@ -33,10 +33,9 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from . import native
 from ._checks import check_int, check_tensor, describe
 from ._span_constants import _NO_KEY, MASKED_LOGIT, MAX_SEQUENCE_LENGTH, MAX_TOP_K, SCORES
-from .backend import resolve, triton_available
+from .backend import implementation
 
 
 class SpanOutput(NamedTuple):
@@ -143,27 +142,6 @@ def decode_spans_torch(
 # ----------------------------------------------------------------------------------------------
 
 
-def implementation_name(device_type: str) -> str:
-    """The implementation that decodes on this device. The native extension has span kernels for the
-    CPU only: with ``native`` chosen on CUDA, Triton's kernel decodes (the torch one without Triton)."""
-    name = resolve(device_type)
-    if name == "native" and not native.has_kernel("decode_spans", device_type):
-        name = "triton" if device_type == "cuda" and triton_available() else "torch"
-    return name
-
-
-def _implementation(device_type: str):
-    """The function that decodes on this device (:func:`implementation_name`)."""
-    name = implementation_name(device_type)
-    if name == "triton":
-        from .triton.spans import decode_spans as impl
-    elif name == "native":
-        impl = torch.ops.qa_kernels_native.decode_spans
-    else:
-        impl = decode_spans_torch
-    return impl
-
-
 @torch.library.custom_op("qa_kernels::decode_spans", mutates_args=())
 def decode_spans_op(
     start_logits: Tensor,  # (B, S) float
@@ -174,7 +152,7 @@ def decode_spans_op(
     logit_score: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Returns ``(starts (B, K) int64, ends (B, K) int64, scores (B, K) float32, null (B,) float32)``."""
-    impl = _implementation(start_logits.device.type)
+    impl = implementation("decode_spans", start_logits.device.type)
     return impl(start_logits, end_logits, context_mask, max_answer_len, top_k, logit_score)
 
 

@@ -343,7 +343,7 @@ def test_use_backend_is_per_thread(device):
     def work(i):
         with qa_kernels.use_backend(names[i]):
             inside.wait()  # both blocks are open now
-            seen[i] = (qa_kernels.get_backend(), qa_backend.resolve(device))
+            seen[i] = (qa_kernels.get_backend(), qa_backend.resolve("qa_head", device))
             inside.wait()
         seen[i] += (qa_kernels.get_backend(),)
 

@@ -356,7 +356,7 @@ def test_doctor_reports_versions_the_extension_and_what_runs(capsys):
     for section in ("versions:", "devices:", "native extension:", "triton:", "implementation that runs:"):
         assert section in printed, printed
     assert f"torch         {torch.__version__}" in printed
-    expected = qa_backend.resolve("cpu")
+    expected = qa_backend.resolve("qa_head", "cpu")
     assert any(line.split() == ["qa_head", "on", "cpu", expected] for line in printed.splitlines()), printed
 
 

@@ -41,7 +41,7 @@ def fresh_loader(monkeypatch):
 def test_auto_picks_native_on_cpu(monkeypatch):
     monkeypatch.delenv("QA_KERNELS_BACKEND", raising=False)
     with qa_kernels.use_backend("auto"):
-        assert qa_backend.resolve("cpu") == "native"
+        assert qa_backend.resolve("qa_head", "cpu") == "native"
     assert native.has_device_kernels("cpu")
     if not torch.cuda.is_available() and torch.version.cuda is None:
         assert not native.has_device_kernels("cuda")  # a CPU torch builds no CUDA kernels
@@ -104,7 +104,7 @@ def test_failed_build_warns_once_at_the_fallback_and_never_before_a_refusal(fres
             qa_kernels.qa_head(torch.randn(2, 5, 8), torch.randn(2, 8))
     with qa_kernels.use_backend("auto"):
         with pytest.warns(RuntimeWarning, match="native extension is unavailable.*simulated compiler failure.*torch"):
-            assert qa_backend.resolve("cpu") == "torch"
+            assert qa_backend.resolve("qa_head", "cpu") == "torch"
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # once per process
             out = qa_kernels.qa_head(torch.randn(2, 5, 8), torch.randn(2, 8))  # runs, on the fallback
@@ -239,7 +239,7 @@ def test_native_forced_on_a_device_without_its_kernels_is_a_clear_error():
     if native.has_device_kernels("cuda"):
         pytest.skip("this build of the extension has CUDA kernels")
     with qa_kernels.use_backend("native"), pytest.raises(RuntimeError, match="has no cuda kernels"):
-        qa_backend.resolve("cuda")
+        qa_backend.resolve("qa_head", "cuda")
 
 
 def test_jit_build_says_so_before_compiling(tmp_path, monkeypatch, capsys):

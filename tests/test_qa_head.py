@@ -372,8 +372,8 @@ def test_backend_selection(monkeypatch):
     with pytest.raises(ValueError, match="backend must be one of"):
         qa_kernels.set_backend("fast")
     monkeypatch.delenv("QA_KERNELS_BACKEND")
-    assert qa_backend.resolve("cuda") == "triton"
-    assert qa_backend.resolve("cpu") == ("native" if qa_backend.native_available() else "torch")
+    assert qa_backend.resolve("qa_head", "cuda") == "triton"
+    assert qa_backend.resolve("qa_head", "cpu") == ("native" if qa_backend.native_available() else "torch")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (2^31 elements)")

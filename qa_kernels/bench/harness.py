@@ -59,23 +59,12 @@ def rotation_sets(set_bytes: int, cache_bytes: int) -> int:
 Fn = Callable[[], object]
 
 
-def kernel_unavailable(provider: str, device: str, native_op: str) -> Optional[str]:
-    """Why qa_kernels' ``triton`` or ``native`` provider cannot run on ``device`` (``None`` when it
-    can, or for any other provider); ``native_op`` is the suite's op in the native extension."""
+def kernel_unavailable(provider: str, device: str, op: str) -> Optional[str]:
+    """Why qa_kernels' ``triton`` or ``native`` provider of ``op`` cannot run on ``device`` (the
+    registry's answer; ``None`` when it can, or for any other provider)."""
     from .. import backend as qa_backend
-    from .. import native
 
-    if provider == "triton":
-        if not qa_backend.triton_available():
-            return "triton is not installed"
-        if device == "cpu" and not qa_backend.triton_interpreter_on():
-            return "triton runs on CUDA; on CPU only under its interpreter (TRITON_INTERPRET=1; slow, for tests)"
-    if provider == "native":
-        if not qa_backend.native_available():
-            return native.unavailable_reason()
-        if not native.has_kernel(native_op, device):
-            return f"the loaded native extension has no {native_op} kernel for {device}"
-    return None
+    return qa_backend.unavailable(op, provider, device) if provider in ("triton", "native") else None
 
 
 class Workload(Protocol):

@@ -218,7 +218,7 @@ class HeadSuite:
     presets: ClassVar[dict[str, tuple[int, ...]]] = {"bert-base": (32, 384, 768), "bert-large": (32, 384, 1024)}
 
     def unavailable(self, provider: str, device: str) -> Optional[str]:
-        return kernel_unavailable(provider, device, "qa_head_fwd")
+        return kernel_unavailable(provider, device, "qa_head")
 
     def default_providers(self, device: str) -> list[str]:
         # Triton on CPU (the interpreter) is a correctness tool, far too slow to time by default.
