@@ -247,7 +247,7 @@ def _doctor(args: argparse.Namespace) -> int:
             major, minor = torch.cuda.get_device_capability(i)
             sections["devices"][f"cuda:{i}"] = f"{torch.cuda.get_device_name(i)} (sm_{major}{minor})"
     choice: dict[str, str] = {"requested": f"{backend.get_backend()} ({backend.ENV_VAR}, set_backend, use_backend)"}
-    compiles = "not yet: the first use compiles" in sections["native extension"].get("loaded", "")
+    compiles = not args.build and native.needs_compile()
     for device in ("cpu", "cuda") if cuda else ("cpu",):
         if device == "cpu" and compiles:
             choice["cpu"] = "native once the just-in-time build succeeds, else torch"

@@ -118,6 +118,11 @@ def build_directory() -> Path:
     return Path(root) / f"torch-{torch.__version__}"
 
 
+def cached_library() -> Path:
+    """Where the just-in-time build puts its library."""
+    return build_directory() / "qa_kernels_native.so"
+
+
 def _jit_build() -> str:
     """Compiles csrc/ with ninja into the cache and loads it (registering the ops)."""
     from torch.utils import cpp_extension
@@ -132,7 +137,7 @@ def _jit_build() -> str:
         raise RuntimeError("ninja is not installed (pip install ninja) to build csrc/")
     build_dir = build_directory()
     build_dir.mkdir(parents=True, exist_ok=True)
-    built = build_dir / "qa_kernels_native.so"
+    built = cached_library()
     if not _is_current(built):  # ninja will compile: say so first
         why = "the sources changed since the cached build" if built.is_file() else "no build is cached yet"
         print(
@@ -197,6 +202,12 @@ def unavailable_reason() -> str:
     return reason if reason is not None else "the native extension is available"
 
 
+def needs_compile() -> bool:
+    """Loading would compile first: no usable prebuilt library, no current cached build, and the ops
+    not registered yet."""
+    return _prebuilt_path() is None and not _is_current(cached_library()) and not _ops_registered()
+
+
 def report(load: bool = False) -> dict[str, str]:
     """What ``qa-kernels doctor`` says about the extension: its sources, what the install-time build
     recorded, the prebuilt and cached libraries, whether it loads and for which devices. Loading is
@@ -204,7 +215,7 @@ def report(load: bool = False) -> dict[str, str]:
     build), unless ``load``, which may compile for minutes."""
     record = build_record()
     prebuilt = _prebuilt_file()
-    cached = build_directory() / "qa_kernels_native.so"
+    cached = cached_library()
     facts = {
         "sources": f"{CSRC_DIR} ({'source checkout' if _SOURCE_CHECKOUT else 'installed copy'}"
         f"{'' if sources(with_cuda=False) else ', missing'})",
@@ -217,8 +228,7 @@ def report(load: bool = False) -> dict[str, str]:
         else f"{prebuilt}{'' if _prebuilt_path() else ' (older than the sources: not used)'}",
         "just-in-time build": f"{cached}{' (current)' if _is_current(cached) else ' (none current)'}",
     }
-    needs_compile = _prebuilt_path() is None and not _is_current(cached) and not _ops_registered()
-    if needs_compile and not load:
+    if not load and needs_compile():
         facts["loaded"] = "not yet: the first use compiles the sources just in time (minutes); --build does it now"
         return facts
     reason = _load()

@@ -365,6 +365,7 @@ def test_doctor_says_what_a_first_call_would_compile(capsys, monkeypatch):
 
     facts = {"sources": "x", "loaded": "not yet: the first use compiles the sources just in time (minutes)"}
     monkeypatch.setattr(native, "report", lambda load=False: facts)
+    monkeypatch.setattr(native, "needs_compile", lambda: True)
     assert cli.main(["doctor"]) == 0
     printed = capsys.readouterr().out
     assert "native once the just-in-time build succeeds, else torch" in printed

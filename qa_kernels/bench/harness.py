@@ -67,6 +67,13 @@ def kernel_unavailable(provider: str, device: str, op: str) -> Optional[str]:
     return qa_backend.unavailable(op, provider, device) if provider in ("triton", "native") else None
 
 
+def available_providers(suite: Suite, device: str) -> list[str]:
+    """A suite's default providers on ``device``: every one that can run, but Triton on CPU (its
+    interpreter is a correctness tool, far too slow to time by default)."""
+    skip = {"triton"} if device == "cpu" else set()
+    return [p for p in suite.providers if p not in skip and suite.unavailable(p, device) is None]
+
+
 class Workload(Protocol):
     """One (shape, dtype) of a suite: its inputs, made once, and the callables that time them."""
 

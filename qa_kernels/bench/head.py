@@ -22,7 +22,7 @@ import torch
 from .. import backend as qa_backend
 from .. import reference
 from ..functional import qa_head
-from .harness import kernel_unavailable, rotation_sets
+from .harness import available_providers, kernel_unavailable, rotation_sets
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -221,9 +221,7 @@ class HeadSuite:
         return kernel_unavailable(provider, device, "qa_head")
 
     def default_providers(self, device: str) -> list[str]:
-        # Triton on CPU (the interpreter) is a correctness tool, far too slow to time by default.
-        skip = {"triton"} if device == "cpu" else set()
-        return [p for p in self.providers if p not in skip and self.unavailable(p, device) is None]
+        return available_providers(self, device)
 
     def default_shapes(self, device: str) -> list[tuple[int, ...]]:
         if device == "cuda":

@@ -36,7 +36,7 @@ import torch
 
 from .. import backend as qa_backend
 from ..spans import decode_spans
-from .harness import kernel_unavailable, rotation_sets
+from .harness import available_providers, kernel_unavailable, rotation_sets
 from .head import DTYPES
 
 TOP_K = 20  # spans per feature
@@ -168,9 +168,7 @@ class SpansSuite:
         return kernel_unavailable(provider, device, "decode_spans")
 
     def default_providers(self, device: str) -> list[str]:
-        # Triton on CPU (the interpreter) is a correctness tool, far too slow to time by default.
-        skip = {"triton"} if device == "cpu" else set()
-        return [p for p in self.providers if p not in skip and self.unavailable(p, device) is None]
+        return available_providers(self, device)
 
     def default_shapes(self, device: str) -> list[tuple[int, ...]]:
         # The same on CPU: transformers takes about 60 ms a call at 64 x 384 and 100 ms at 64 x 512 (one
