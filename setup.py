@@ -145,9 +145,11 @@ def native_extension() -> dict:
             write_record(os.path.dirname(library), RECORD_STATE)
 
     openmp = ["-fopenmp"] if torch.backends.openmp.is_available() else []  # type: ignore[attr-defined]
-    sources = sorted(glob.glob("csrc/*.cpp"))  # relative: setuptools wants paths under setup.py's folder
+    # As qa_kernels.native.sources(): every .cpp under csrc/, and every .cu for a CUDA build; paths
+    # relative, as setuptools wants them under setup.py's folder.
+    sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     if with_cuda:
-        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        sources += sorted(glob.glob("csrc/**/*.cu", recursive=True))
     extension = (CUDAExtension if with_cuda else CppExtension)(
         "qa_kernels._C",
         sources,

@@ -24,7 +24,6 @@ Environment: ``QA_KERNELS_NO_JIT=1`` skips the just-in-time build (prebuilt only
 from __future__ import annotations
 
 import functools
-import glob
 import importlib.machinery
 import json
 import os
@@ -41,9 +40,7 @@ NAMESPACE = "qa_kernels_native"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # A source checkout (an editable install) has csrc/ beside the package, and its sources may be newer
 # than its prebuilt library; an installed wheel carries a copy of them inside the package.
-_SOURCE_CHECKOUT = (_PACKAGE_DIR.parent / "csrc" / "registration.cpp").is_file() and (
-    _PACKAGE_DIR.parent / "setup.py"
-).is_file()
+_SOURCE_CHECKOUT = (_PACKAGE_DIR.parent / "csrc").is_dir() and (_PACKAGE_DIR.parent / "setup.py").is_file()
 CSRC_DIR = _PACKAGE_DIR.parent / "csrc" if _SOURCE_CHECKOUT else _PACKAGE_DIR / "csrc"
 BUILD_RECORD = _PACKAGE_DIR / "_build.json"  # written by setup.py: what the install-time build did
 # Compiler flags, shared with setup.py (keep the two in step). ATen's at::parallel_for is an inline
@@ -64,10 +61,11 @@ def _ops_registered() -> bool:
 
 
 def sources(with_cuda: bool) -> list[str]:
-    """Every csrc/*.cpp (other ops share the namespace), plus csrc/cuda/*.cu for a CUDA build."""
-    found = sorted(glob.glob(str(CSRC_DIR / "*.cpp")))
+    """Every ``.cpp`` file under csrc/ (each op's folder adds its kernels to the one namespace), plus
+    every ``.cu`` file for a CUDA build. Basenames are unique: ninja names objects after them."""
+    found = sorted(str(p) for p in CSRC_DIR.rglob("*.cpp"))
     if with_cuda:
-        found += sorted(glob.glob(str(CSRC_DIR / "cuda" / "*.cu")))
+        found += sorted(str(p) for p in CSRC_DIR.rglob("*.cu"))
     return found
 
 
@@ -110,7 +108,7 @@ def _is_current(library: Path) -> bool:
 
 
 def _all_sources() -> list[str]:
-    return [p for ext in ("*.cpp", "*.h", "cuda/*.cu", "cuda/*.cuh") for p in glob.glob(str(CSRC_DIR / ext))]
+    return [str(p) for ext in ("*.cpp", "*.h", "*.cu", "*.cuh") for p in CSRC_DIR.rglob(ext)]
 
 
 def build_directory() -> Path:

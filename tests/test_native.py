@@ -129,11 +129,14 @@ def test_no_jit_switch(fresh_loader):
 
 
 def test_build_compiles_every_cpp_file():
-    """Other ops share the namespace from their own csrc/*.cpp files: the build takes them all."""
-    cpp = sorted(str(p) for p in (REPO / "csrc").glob("*.cpp"))
+    """Each op's folder adds its kernels to the one namespace: the build takes every .cpp under
+    csrc/ (and every .cu for CUDA), and no two share a basename (ninja names objects after it)."""
+    cpp = sorted(str(p) for p in (REPO / "csrc").rglob("*.cpp"))
     assert native.sources(with_cuda=False) == cpp and len(cpp) >= 3
-    cu = sorted(str(p) for p in (REPO / "csrc" / "cuda").glob("*.cu"))
+    cu = sorted(str(p) for p in (REPO / "csrc").rglob("*.cu"))
     assert native.sources(with_cuda=True) == cpp + cu and cu
+    stems = [Path(p).name.split(".")[0] for p in cpp + cu]
+    assert len(set(stems)) == len(stems), f"two sources share an object name: {sorted(stems)}"
 
 
 @requires_native
