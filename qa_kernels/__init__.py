@@ -3,7 +3,12 @@
 The public names load on first use: importing the package alone does not import torch, so that
 ``qa-kernels --help`` answers at once. The first public name used registers both ops with torch
 (``torch.ops.qa_kernels.qa_head_fwd`` / ``qa_head_bwd`` / ``decode_spans``); so does importing
-``qa_kernels.ops`` (the head's) and ``qa_kernels.spans`` (decode_spans').
+``qa_kernels.ops.qa_head`` (the head's) and ``qa_kernels.ops.decode_spans`` (decode_spans').
+
+Layout: ``qa_kernels/ops/<op>/`` defines each op (its public function, registered op and
+implementations); ``qa_kernels.backend`` is the registry that picks an implementation per call;
+``qa_kernels.functional``, ``qa_kernels.spans`` and ``qa_kernels.reference`` are the public
+modules that name them.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ _EXPORTS = {
     "get_backend": "backend",
     "set_backend": "backend",
     "use_backend": "backend",
-    "qa_head": "functional",
+    "qa_head": "ops.qa_head",
     "UnsupportedModelError": "integrations",
     "patch": "integrations",
     "patch_transformers": "integrations",
@@ -28,8 +33,8 @@ _EXPORTS = {
     "unpatch_transformers": "integrations",
     "QAHead": "module",
     "QAHeadOutput": "outputs",
-    "SpanOutput": "spans",
-    "decode_spans": "spans",
+    "SpanOutput": "ops.decode_spans",
+    "decode_spans": "ops.decode_spans",
 }
 _SUBMODULES = ("reference",)
 
@@ -56,11 +61,11 @@ if TYPE_CHECKING:
     from . import reference
     from .answerer import Answer, QuestionAnswerer
     from .backend import get_backend, set_backend, use_backend
-    from .functional import qa_head
     from .integrations import UnsupportedModelError, patch, patch_transformers, unpatch, unpatch_transformers
     from .module import QAHead
+    from .ops.decode_spans import SpanOutput, decode_spans
+    from .ops.qa_head import qa_head
     from .outputs import QAHeadOutput
-    from .spans import SpanOutput, decode_spans
 
 
 def __getattr__(name: str) -> Any:
@@ -70,7 +75,7 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    for registers_ops in ("functional", "spans"):  # whichever name comes first, both ops exist after it
+    for registers_ops in ("ops.qa_head", "ops.decode_spans"):  # whichever name comes first, both ops exist after it
         importlib.import_module(f".{registers_ops}", __name__)
     globals()[name] = value  # from now on a plain attribute
     return value

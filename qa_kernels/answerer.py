@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from ._checks import check_int
-from .spans import SCORES, decode_spans
+from .ops.decode_spans import decode_spans
+from .ops.decode_spans.keys import SCORES
 
 if TYPE_CHECKING:
     from transformers import BatchEncoding

@@ -1,11 +1,14 @@
 """Which implementation runs each op: the registry, in one place.
 
-:data:`TABLE` lists every implementation: the op, the backend, the devices it has kernels for and
-where it lives. :data:`AUTO` is ``auto``'s order of preference per device and :data:`SUBSTITUTES`
-what runs when an explicitly chosen backend has no kernel for the op on a device; both are data.
-:func:`unavailable` is the only place that says whether (and why not) an implementation can run
-here; :func:`resolve` picks one and :func:`implementation` returns it. The public functions, the
-registered ops, ``qa-kernels bench`` and ``doctor`` and the test suite all ask these.
+:data:`TABLE` lists every implementation: the op, the backend and the devices it has kernels for;
+it lives in ``qa_kernels/ops/<op>/<backend>_impl.py``, a module with the functions of the op's
+registered ops (``qa_head_fwd`` / ``qa_head_bwd``; ``decode_spans``), the signatures of the torch
+implementation's. :data:`AUTO` is ``auto``'s order of preference per device and
+:data:`SUBSTITUTES` what runs when an explicitly chosen backend has no kernel for the op on a
+device; both are data. :func:`unavailable` is the only place that says whether (and why not) an
+implementation can run here; :func:`resolve` picks one, :func:`implementation` returns it, and
+:func:`route` decides whether a call may skip the registered op's dispatch. The public functions,
+the registered ops, ``qa-kernels bench`` and ``doctor`` and the test suite all ask these.
 
 Order of precedence of the requested backend: :func:`use_backend` (this thread / context only),
 then :func:`set_backend` (the whole process), then the ``QA_KERNELS_BACKEND`` environment variable
@@ -27,8 +30,9 @@ implementation. ``triton`` on CPU tensors runs the kernels through Triton's inte
 enabled (``TRITON_INTERPRET=1``) before qa_kernels is imported: that is how the tests exercise the
 kernels on a machine without a GPU.
 
-Adding a backend: a module per op with the op's functions (the torch implementation's signatures),
-one :data:`TABLE` row per op, its availability in :func:`unavailable`, its place in :data:`AUTO`.
+Adding a backend: ``qa_kernels/ops/<op>/<backend>_impl.py`` for each op it implements, one
+:data:`TABLE` row per op, its name in :data:`BACKENDS` and, where it may be missing here, its check
+in :data:`_CHECKS` (and its place in :data:`AUTO` if ``auto`` should pick it).
 """
 
 from __future__ import annotations
@@ -39,10 +43,15 @@ import functools
 import importlib
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Optional
+from typing import Optional
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from ._env import _check_interpreter_versions, triton_available, triton_interpreter_on
 
@@ -57,16 +66,20 @@ class Implementation:
     op: str
     backend: str
     devices: tuple[str, ...]  # the devices it has kernels for (ANY_DEVICE: every device torch has)
-    target: str  # "module" (qa_head: a module with qa_head_fwd / qa_head_bwd) or "module:function"
+
+    @property
+    def module(self) -> str:
+        """Where it lives: a module with the functions of the op's registered ops."""
+        return f"qa_kernels.ops.{self.op}.{self.backend}_impl"
 
 
 TABLE = (
-    Implementation("qa_head", "triton", ("cuda", "cpu"), "qa_kernels.triton.qa_head"),  # cpu: the interpreter
-    Implementation("qa_head", "native", ("cpu", "cuda"), "qa_kernels.native"),  # cuda: a CUDA build only
-    Implementation("qa_head", "torch", (ANY_DEVICE,), "qa_kernels.torch_impl"),
-    Implementation("decode_spans", "triton", ("cuda", "cpu"), "qa_kernels.triton.spans:decode_spans"),
-    Implementation("decode_spans", "native", ("cpu",), "qa_kernels.native:decode_spans"),
-    Implementation("decode_spans", "torch", (ANY_DEVICE,), "qa_kernels.spans:decode_spans_torch"),
+    Implementation("qa_head", "triton", ("cuda", "cpu")),  # cpu: the interpreter
+    Implementation("qa_head", "native", ("cpu", "cuda")),  # cuda: a CUDA build only
+    Implementation("qa_head", "torch", (ANY_DEVICE,)),
+    Implementation("decode_spans", "triton", ("cuda", "cpu")),
+    Implementation("decode_spans", "native", ("cpu",)),
+    Implementation("decode_spans", "torch", (ANY_DEVICE,)),
 )
 _BY_KEY = {(i.op, i.backend): i for i in TABLE}
 # auto's preference per device, the first that can run wins (other devices: torch).
@@ -133,35 +146,49 @@ def _serves(entry: Implementation, device_type: str) -> bool:
     return ANY_DEVICE in entry.devices or device_type in entry.devices
 
 
+def _triton_unavailable(op: str, device_type: str) -> Optional[str]:
+    if not triton_available():
+        return "triton is not installed"
+    if device_type == "cpu" and not triton_interpreter_on():
+        return (
+            "the Triton kernels run on CPU tensors only through Triton's interpreter: set "
+            "TRITON_INTERPRET=1 in the environment before qa_kernels is imported (slow; for tests)"
+        )
+    if device_type == "cpu":
+        try:
+            _check_interpreter_versions()
+        except RuntimeError as e:
+            return str(e)
+    return None
+
+
+def _native_unavailable(op: str, device_type: str) -> Optional[str]:
+    native = _native()
+    if not native.available():
+        return native.unavailable_reason()
+    if not native.has_kernel(NATIVE_OPS[op], device_type):
+        return (
+            f"this build of the native extension has no {device_type} kernels for {op} (CUDA kernels "
+            "are built only with a CUDA-enabled torch and a CUDA toolkit)"
+        )
+    return None
+
+
+# Per backend that may be missing here: why it cannot run ``op`` on ``device_type``, or None.
+_CHECKS: dict[str, Callable[[str, str], Optional[str]]] = {
+    "triton": _triton_unavailable,
+    "native": _native_unavailable,
+}
+
+
 def unavailable(op: str, backend: str, device_type: str) -> Optional[str]:
     """Why implementation ``backend`` of ``op`` cannot run on ``device_type`` here; None when it can.
     Asking never warns (the native extension may load, or compile, on the first question)."""
     entry = _BY_KEY[(op, backend)]
     if not _serves(entry, device_type):
         return f"the {backend} implementation of {op} has no {device_type} kernel"
-    if backend == "triton":
-        if not triton_available():
-            return "triton is not installed"
-        if device_type == "cpu" and not triton_interpreter_on():
-            return (
-                "the Triton kernels run on CPU tensors only through Triton's interpreter: set "
-                "TRITON_INTERPRET=1 in the environment before qa_kernels is imported (slow; for tests)"
-            )
-        if device_type == "cpu":
-            try:
-                _check_interpreter_versions()
-            except RuntimeError as e:
-                return str(e)
-    if backend == "native":
-        native = _native()
-        if not native.available():
-            return native.unavailable_reason()
-        if not native.has_kernel(NATIVE_OPS[op], device_type):
-            return (
-                f"this build of the native extension has no {device_type} kernels for {op} (CUDA kernels "
-                "are built only with a CUDA-enabled torch and a CUDA toolkit)"
-            )
-    return None
+    check = _CHECKS.get(backend)
+    return None if check is None else check(op, device_type)
 
 
 @functools.cache
@@ -199,13 +226,71 @@ def resolve(op: str, device_type: str) -> str:
 
 
 @functools.cache
-def _load(target: str) -> Any:
-    module, _, attribute = target.partition(":")
-    loaded = importlib.import_module(module)
-    return getattr(loaded, attribute) if attribute else loaded
+def _load(module: str) -> ModuleType:
+    return importlib.import_module(module)
 
 
-def implementation(op: str, device_type: str) -> Any:
-    """What runs ``op`` on ``device_type`` now: for ``qa_head`` a module with ``qa_head_fwd`` and
-    ``qa_head_bwd``, for ``decode_spans`` the decoding function (signatures as the torch ones)."""
-    return _load(_BY_KEY[(op, resolve(op, device_type))].target)
+def implementation(op: str, device_type: str) -> ModuleType:
+    """The module that runs ``op`` on ``device_type`` now: for ``qa_head`` one with ``qa_head_fwd``
+    and ``qa_head_bwd``, for ``decode_spans`` one with ``decode_spans`` (the torch ones' signatures)."""
+    return _load(_BY_KEY[(op, resolve(op, device_type))].module)
+
+
+# ----------------------------------------------------------------------------------------------
+# The no-dispatch fast path
+# ----------------------------------------------------------------------------------------------
+
+# Devices whose tensors the implementations take directly; any other (meta, and the devices of
+# tensor subclasses) goes through the registered op, whose fake kernel serves meta tensors.
+_KERNEL_DEVICES = ("cpu", "cuda")
+# Tensor types that are plain data to the kernels (nn.Parameter: a patched model's weight and bias).
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+
+
+def route(
+    op: str,
+    device_type: str,
+    names: tuple[str, ...],
+    tensors: tuple[Optional[Tensor], ...],
+    *,
+    differentiable: bool,
+) -> str:
+    """How a call of ``op`` on ``tensors`` (the arguments ``names``; None where absent) runs:
+
+    * ``"op"``: the registered op (autograd, torch.compile, tensor subclasses, fake and meta
+      tensors, dispatch and function modes all see it);
+    * ``"plain"``: :func:`implementation` called directly: nothing to differentiate and nobody
+      watching (serving, evaluation). The op's Python dispatch costs more than the kernel at serving
+      sizes (measured on CPU, the head at (1, 384, 768) fp32: 16 us of 59). Same function, same
+      numbers;
+    * ``"transform"`` (``differentiable`` ops only): the torch implementation's operators called
+      directly, so that autograd's forward mode and torch.func's transforms differentiate and batch
+      them like any PyTorch code (the ops have no forward-mode or vmap rule, and a kernel called on
+      a dual or wrapped tensor would drop its tangent or its batch dimension). A non-differentiable
+      op takes the registered op there.
+
+    One loop over the inputs: this runs on every call."""
+    if torch.compiler.is_compiling():
+        return "op"
+    forward_ad = differentiable and fwAD._current_level >= 0  # inside a forward_ad.dual_level()
+    grad = differentiable and torch.is_grad_enabled()
+    result = "plain" if device_type in _KERNEL_DEVICES else "op"
+    for name, t in zip(names, tensors, strict=True):
+        if t is None:
+            continue
+        if torch._C._functorch.is_functorch_wrapped_tensor(t):  # inside torch.func.grad / vmap / ...
+            return "transform" if differentiable else "op"
+        if forward_ad and fwAD.unpack_dual(t).tangent is not None:
+            return "transform"
+        if type(t) not in _PLAIN_TYPES:
+            if type(t).__name__ == "DTensor":  # would reach the op, which has no sharding rule
+                raise TypeError(
+                    f"{name} is a DTensor: {op} has no sharding rule for it; call {op} on local tensors "
+                    "(DTensor.to_local() / DTensor.full_tensor())"
+                )
+            result = "op"
+        elif grad and t.requires_grad:
+            result = "op"
+    if result == "plain" and (_get_current_dispatch_mode() is not None or torch._C._is_torch_function_mode_enabled()):
+        return "op"
+    return result

@@ -8,7 +8,7 @@ from typing import Any, Optional, Union, cast
 import torch
 from torch import Tensor, nn
 
-from .functional import qa_head
+from .ops.qa_head import qa_head
 from .outputs import QAHeadOutput
 
 

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torch import Tensor
 
 NAMESPACE = "qa_kernels_native"
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -256,68 +255,3 @@ def _registered_for(op: str, device_type: str) -> bool:  # asked once the librar
         and hasattr(getattr(torch.ops, NAMESPACE), op)
         and torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{op}", key)
     )
-
-
-def _check_device(hidden: Tensor) -> None:
-    if not has_device_kernels(hidden.device.type):
-        raise RuntimeError(
-            f"QA backend 'native' has no {hidden.device.type} kernels in this build of the extension "
-            "(CUDA kernels are built only with a CUDA-enabled torch and a CUDA toolkit)"
-        )
-
-
-# Same signatures and semantics as qa_kernels.torch_impl and spans.decode_spans_torch (see the ops
-# in qa_kernels/ops.py and qa_kernels/spans.py).
-
-
-def decode_spans(
-    start_logits: Tensor,  # (B, S)
-    end_logits: Tensor,  # (B, S)
-    context_mask: Optional[Tensor],  # (B, S) bool
-    max_answer_len: int,
-    top_k: int,
-    logit_score: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return torch.ops.qa_kernels_native.decode_spans(start_logits, end_logits, context_mask, max_answer_len, top_k,
-                                                    logit_score)  # fmt: skip
-
-
-def qa_head_fwd(
-    hidden: Tensor,  # (B, S, H)
-    weight: Tensor,  # (2, H)
-    bias: Optional[Tensor],  # (2,)
-    start_positions: Optional[Tensor],  # (B,) int32/int64
-    end_positions: Optional[Tensor],  # (B,) int32/int64
-    num_items: Optional[Tensor],  # ()
-    num_items_value: Optional[float],
-    cast_dtype: Optional[torch.dtype],
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    _check_device(hidden)
-    return torch.ops.qa_kernels_native.qa_head_fwd(
-        hidden, weight, bias, start_positions, end_positions, num_items, num_items_value, cast_dtype
-    )
-
-
-def qa_head_bwd(
-    grad_start: Optional[Tensor],  # (B, S)
-    grad_end: Optional[Tensor],  # (B, S)
-    grad_loss: Optional[Tensor],  # ()
-    hidden: Tensor,  # (B, S, H)
-    weight: Tensor,  # (2, H)
-    start_logits: Tensor,  # (B, S)
-    end_logits: Tensor,  # (B, S)
-    lse: Tensor,  # (B, 2) float32, or (0,)
-    scale: Tensor,  # (2,) float32, or (0,)
-    start_positions: Optional[Tensor],  # (B,)
-    end_positions: Optional[Tensor],  # (B,)
-    cast_dtype: Optional[torch.dtype],
-    needs_grad_hidden: bool,
-    needs_grad_weight: bool,
-    needs_grad_bias: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    _check_device(hidden)
-    return torch.ops.qa_kernels_native.qa_head_bwd(
-        grad_start, grad_end, grad_loss, hidden, weight, start_logits, end_logits, lse, scale,
-        start_positions, end_positions, cast_dtype,
-        needs_grad_hidden, needs_grad_weight, needs_grad_bias,
-    )  # fmt: skip

@@ -367,7 +367,7 @@ def test_use_backend_is_per_thread(device):
 def test_backward_runs_on_the_forwards_backend(device, monkeypatch):
     """The forward inside use_backend("torch"), the backward outside the block (as autograd's device
     threads always are): the torch implementation serves both."""
-    from qa_kernels import torch_impl
+    from qa_kernels.ops.qa_head import torch_impl
 
     calls = []
     real = torch_impl.qa_head_bwd

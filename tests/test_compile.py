@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import qa_kernels
-from qa_kernels import ops, reference
+from qa_kernels import reference
+from qa_kernels.ops.qa_head import op as head_op
 from tests.utils import TOLERANCE, assert_close
 
 
@@ -27,7 +28,7 @@ def _fwd_args(device, labels=True, bias=True, num_items=None):
     ids=["labels", "no_labels", "nobias_num_items_tensor", "num_items_value"],
 )
 def test_opcheck(backend, device, labels, bias, num_items):
-    torch.library.opcheck(ops.qa_head_fwd, _fwd_args(device, labels, bias, num_items))
+    torch.library.opcheck(head_op.qa_head_fwd, _fwd_args(device, labels, bias, num_items))
 
 
 @pytest.mark.parametrize("weight_layout", ["contiguous", "transposed"])
@@ -36,10 +37,10 @@ def test_opcheck_backward_op(backend, device, weight_layout):
     if weight_layout == "transposed":  # (H, 2) storage seen as (2, H), as a tied or transposed weight
         weight = weight.detach().t().contiguous().t()
     with torch.no_grad():
-        s, e, _, lse, scale = ops.qa_head_fwd(hidden, weight, b, start, end, None, None, None)
+        s, e, _, lse, scale = head_op.qa_head_fwd(hidden, weight, b, start, end, None, None, None)
     args = (torch.randn(3, 7, device=device), None, torch.tensor(0.7, device=device), hidden.detach(),
             weight.detach(), s, e, lse, scale, start, end, None, True, True, True)  # fmt: skip
-    torch.library.opcheck(ops.qa_head_bwd, args)
+    torch.library.opcheck(head_op.qa_head_bwd, args)
 
 
 def _train_step(hidden, weight, bias, start, end):

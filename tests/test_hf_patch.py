@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 import qa_kernels
-from qa_kernels import ops
 from qa_kernels.integrations import hf
+from qa_kernels.ops.qa_head import op as head_op
 from tests.utils import TOLERANCE, assert_close, in_threads, skip_threads_under_the_interpreter
 
 transformers = pytest.importorskip("transformers")
@@ -372,7 +372,7 @@ def test_distilbert_dropout_before_head_is_kept(device):
 
 
 class _CountCalls:
-    """Wraps ops.qa_head_fwd (looked up at call time by functional.qa_head) and counts calls."""
+    """Wraps head_op.qa_head_fwd (looked up at call time by qa_kernels.qa_head) and counts calls."""
 
     def __init__(self, fn):
         self.fn, self.calls = fn, 0
@@ -386,8 +386,8 @@ class _CountCalls:
 def test_unpatch_restores_eager(device, name, monkeypatch):
     """unpatch() gives back the original class and a plain nn.Linear head, the fused op no longer
     runs, and the outputs are bit-identical to a model that was never patched."""
-    counter = _CountCalls(ops.qa_head_fwd)
-    monkeypatch.setattr(ops, "qa_head_fwd", counter)
+    counter = _CountCalls(head_op.qa_head_fwd)
+    monkeypatch.setattr(head_op, "qa_head_fwd", counter)
     never = MODELS[name]().to(device)
     model = copy.deepcopy(never)
     cls = type(model)

@@ -252,7 +252,7 @@ def test_online_logsumexp_with_an_all_minus_inf_first_chunk(backend, device, mon
     """The loss kernel's logsumexp runs over S in chunks; a row whose first chunk is all -inf (masked
     or overflowed logits in a long context) must not turn into NaN. A 4-token tile makes the Triton
     kernel chunk even under the interpreter (the other backends do not chunk: same expectation)."""
-    from qa_kernels.triton import qa_head as triton_qa_head
+    from qa_kernels.ops.qa_head import triton_impl as triton_qa_head
 
     monkeypatch.setattr(triton_qa_head, "_INTERPRETER_LOSS_TILE", 4)
     monkeypatch.setattr(triton_qa_head, "_GPU_LOSS_TILE", 4)
@@ -408,14 +408,14 @@ def test_calls_without_autograd_skip_the_op_dispatch_not_the_numbers(backend, de
     outputs of the registered op, which still runs when autograd or a dispatch mode needs it."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from qa_kernels import ops
+    from qa_kernels.ops.qa_head import op as head_op
 
     B, S, H = 3, 7, 31
     hidden, weight, b = make_inputs(B, S, H, torch.float32, device)
     start, end, _ = make_labels(labels, B, S, device)
     calls = []
-    real_op = ops.qa_head_fwd
-    monkeypatch.setattr(ops, "qa_head_fwd", lambda *args: calls.append(1) or real_op(*args))
+    real_op = head_op.qa_head_fwd
+    monkeypatch.setattr(head_op, "qa_head_fwd", lambda *args: calls.append(1) or real_op(*args))
 
     with torch.no_grad():
         fast = qa_kernels.qa_head(hidden, weight, b, start, end)

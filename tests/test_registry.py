@@ -4,12 +4,16 @@ cannot run is refused with the op, the device and the reason."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 
 import qa_kernels
 from qa_kernels import backend as qa_backend
 
-FUNCTIONS = {"qa_head": ("qa_head_fwd", "qa_head_bwd"), "decode_spans": ()}
+FUNCTIONS = {"qa_head": ("qa_head_fwd", "qa_head_bwd"), "decode_spans": ("decode_spans",)}
+OPS_DIR = Path(qa_kernels.__file__).parent / "ops"
 
 
 def test_the_table_has_each_backend_of_each_op_once():
@@ -28,10 +32,19 @@ def test_each_available_implementation_loads_with_the_ops_functions(entry):
         pytest.skip(reason)
     with qa_kernels.use_backend(entry.backend):
         impl = qa_backend.implementation(entry.op, "cpu")
+    assert impl.__name__ == entry.module
     for name in FUNCTIONS[entry.op]:
         assert callable(getattr(impl, name)), (entry, name)
-    if not FUNCTIONS[entry.op]:
-        assert callable(impl)
+
+
+def test_every_row_names_a_module_and_every_implementation_module_has_a_row():
+    """The table and ops/<op>/<backend>_impl.py agree both ways (checked without importing: a row
+    for a backend that cannot run here still names a file that exists)."""
+    rows = {entry.module for entry in qa_backend.TABLE}
+    for module in sorted(rows):
+        assert importlib.util.find_spec(module) is not None, f"{module} (a TABLE row) does not exist"
+    files = {f"qa_kernels.ops.{p.parent.name}.{p.stem}" for p in OPS_DIR.glob("*/*_impl.py")}
+    assert files == rows, f"without a row: {sorted(files - rows)}; rows without a module: {sorted(rows - files)}"
 
 
 def test_auto_takes_the_first_available_in_the_table_order(monkeypatch):

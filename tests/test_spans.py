@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import qa_kernels
-from qa_kernels.spans import decode_spans_op
+from qa_kernels.ops.decode_spans.op import decode_spans_op
 
 # Our scores are float32 (the contract); the brute force is float64 from the same float32 inputs.
 # prob: a product of two exp / sum terms, each a few float32 ulps off: relative 1e-5 elementwise.
@@ -170,14 +170,14 @@ def test_no_candidate_ranks(backend, device):
 @pytest.mark.parametrize("score", ["prob", "logit"])
 def test_nan_logits_agree_with_the_torch_implementation(backend, device, score):
     """A NaN logit (a diverged model) is not hidden: every backend ranks and scores exactly as the
-    PyTorch implementation, NaN null scores included (a max-based lane read once dropped them)."""
-    from qa_kernels.spans import decode_spans_torch
+    PyTorch implementation, NaN null scores included (a max-based reduction would drop them)."""
+    from qa_kernels.ops.decode_spans import torch_impl
 
     start, end = torch.randn(2, 9, device=device), torch.randn(2, 9, device=device)
     start[0, 0] = start[0, 3] = float("nan")
     end[1, 5] = float("nan")
     out = qa_kernels.decode_spans(start, end, max_answer_len=4, top_k=6, score=score)
-    ref = decode_spans_torch(start, end, None, 4, 6, score == "logit")
+    ref = torch_impl.decode_spans(start, end, None, 4, 6, score == "logit")
     assert out.null_scores[0].isnan()  # start[0, 0] is NaN
     # Row 1: one NaN end logit turns the whole end softmax into NaN; a logit sum stays finite at (0, 0).
     assert out.null_scores[1].isnan() if score == "prob" else out.null_scores[1].isfinite()
@@ -256,3 +256,30 @@ def test_bad_input(kwargs, error, match):
     start, end = args.pop("start_logits"), args.pop("end_logits")
     with pytest.raises(error, match=match):
         qa_kernels.decode_spans(start, end, **args)
+
+
+def test_plain_calls_skip_the_op_dispatch_not_the_numbers(backend, device, monkeypatch):
+    """A call with nothing watching runs the registry's implementation directly: bitwise what the
+    registered op returns, which still runs under a dispatch mode (and under torch.compile)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from qa_kernels.ops.decode_spans import api
+
+    start, end = torch.randn(3, 40, device=device), torch.randn(3, 40, device=device)
+    context = torch.rand(3, 40, device=device) > 0.3
+    calls = []
+    monkeypatch.setattr(api, "decode_spans_op", lambda *args: calls.append(1) or decode_spans_op(*args))
+    fast = qa_kernels.decode_spans(start, end, context_mask=context, top_k=5)
+    assert calls == []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    seen: list[str] = []
+    with Record():
+        via_op = qa_kernels.decode_spans(start, end, context_mask=context, top_k=5)
+    assert calls == [1] and "qa_kernels.decode_spans.default" in seen
+    for x, y in zip(fast, via_op, strict=True):
+        assert torch.equal(x, y)

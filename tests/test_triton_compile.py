@@ -80,8 +80,8 @@ class _GridRecorder:
     ],
 )
 def test_launch_grids_fit_cuda_limits(monkeypatch, B, S):
-    from qa_kernels.triton import qa_head as head_k
-    from qa_kernels.triton import spans as spans_k
+    from qa_kernels.ops.decode_spans import triton_impl as spans_k
+    from qa_kernels.ops.qa_head import triton_impl as head_k
 
     grids: list = []
     for module in (head_k, spans_k):
@@ -111,7 +111,7 @@ def test_split_grid_gives_the_same_results(monkeypatch, device):
     19 of the GPU's 16 and 32), so (B, 2, 2) programs with one past S (the GPU's backward: (B, 2, 10))."""
     import qa_kernels
     from qa_kernels import backend as qa_backend
-    from qa_kernels.triton import qa_head as head_k
+    from qa_kernels.ops.qa_head import triton_impl as head_k
 
     if device == "cpu" and not qa_backend.triton_interpreter_on():
         pytest.skip("needs a GPU or TRITON_INTERPRET=1")

@@ -24,8 +24,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from qa_kernels.triton import qa_head as k
-from qa_kernels.triton import spans as spans_k
+from qa_kernels.ops.decode_spans import triton_impl as spans_k
+from qa_kernels.ops.qa_head import triton_impl as k
 
 # What Triton's launcher specializes at run time for contiguous inputs, mirrored here so the
 # compiled code is the one that runs: integer arguments equal to 1 become constants (the unit strides,

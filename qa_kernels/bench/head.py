@@ -21,7 +21,7 @@ import torch
 
 from .. import backend as qa_backend
 from .. import reference
-from ..functional import qa_head
+from ..ops.qa_head import qa_head
 from .harness import available_providers, kernel_unavailable, rotation_sets
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .. import backend as qa_backend
-from ..spans import decode_spans
+from ..ops.decode_spans import decode_spans
 from .harness import available_providers, kernel_unavailable, rotation_sets
 from .head import DTYPES
 

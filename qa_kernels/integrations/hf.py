@@ -47,7 +47,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from ..functional import qa_head
+from ..ops.qa_head import qa_head
 
 # (model_type, class name) of every transformers QA class whose forward was checked to be
 # `qa_outputs = nn.Linear(H, 2)` applied once, `split(1, dim=-1)`, and transformers' clamped

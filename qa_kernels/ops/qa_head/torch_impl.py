@@ -2,7 +2,7 @@
 native extension is built). Same math and rounding points as the Triton kernels, no fusion.
 
 :func:`qa_head_fwd` is also what forward-mode AD and torch.func's transforms differentiate (see
-``qa_kernels.functional``), so it uses only operators that have forward-mode and vmap rules:
+``api.py`` and ``qa_kernels.backend.route``), so it uses only operators that have forward-mode and vmap rules:
 no in-place writes into fresh buffers, no data-dependent Python branches."""
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""The torch.library registry: one op pair, a fake kernel for tracing, autograd, per-device kernels.
+"""The head's registered ops: one pair, a fake kernel for tracing, autograd.
 
 ``qa_kernels::qa_head_fwd`` computes both logits, and with labels the loss plus the per-row
 logsumexp and per-side gradient scale that the backward needs. ``qa_kernels::qa_head_bwd`` computes
-the input gradients from those. Which implementation (Triton, native, torch) runs a call is decided
-once, here, by :func:`qa_kernels.backend.implementation`; every implementation module exposes the
-same two functions with the same signatures as the ops below.
+the input gradients from those. Each runs the implementation the registry picks
+(:func:`qa_kernels.backend.implementation`); every implementation module (``*_impl.py`` here)
+exposes the same two functions with the same signatures as the ops below.
 
 Because the ops are opaque custom ops with fake kernels, ``torch.compile(fullgraph=True)`` traces
 code that calls them with no graph break, and ``torch.library.opcheck`` tests the registration.
@@ -17,8 +17,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ...backend import get_backend, implementation, use_backend
 from . import torch_impl
-from .backend import get_backend, implementation, use_backend
 
 # Positions and num_items enter the ops as optional tensors; `num_items_value` carries a Python
 # number, so an int `num_items_in_batch` never becomes a host-to-device copy.

@@ -1,7 +1,7 @@
 """Triton span decoding: one program per row, the row held in registers, one launch for the batch.
 
 The contract (scores, null score, tie order, the int64 ranking key) is written once, in
-``qa_kernels/spans.py``. Per row, with L = min(max_answer_len, S) and K = top_k:
+``api.py`` (the key: ``keys.py``). Per row, with L = min(max_answer_len, S) and K = top_k:
   1. row statistics: the side values a[i] (start) and b[j] (end): the logits, or their probabilities
      over the row (max and sum of exp of the masked logits);                          O(S)
   2. best[i] = the largest key over the band j = i .. i + L - 1 (each start's best end), computed in
@@ -21,8 +21,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._env import triton_interpreter_on
-from .._span_constants import _NO_KEY, MASKED_LOGIT, MAX_SEQUENCE_LENGTH
+from ..._env import triton_interpreter_on
+from .keys import _NO_KEY, MASKED_LOGIT, MAX_SEQUENCE_LENGTH
 
 # Module constants a @triton.jit function reads must be constexpr.
 _NO_KEY_C = tl.constexpr(_NO_KEY)
@@ -87,7 +87,7 @@ def _lane(x, offs, i):
 
 @triton.jit
 def _span_key(score, code):
-    # key = (ord(score) << 32) - 1 - code, code = i * 2**16 + j: the contract in qa_kernels/spans.py
+    # key = (ord(score) << 32) - 1 - code, code = i * 2**16 + j: the contract in keys.py
     score = tl.where(score == 0.0, 0.0, score)  # -0.0 -> +0.0
     score = tl.where(score == score, score, float("nan"))  # one NaN
     bits = score.to(tl.int32, bitcast=True)

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._env import triton_interpreter_on
+from ..._env import triton_interpreter_on
 
 # ----------------------------------------------------------------------------------------------
 # Launch heuristics, in one place. The interpreter's cost is per program and per op, so it gets
@@ -345,7 +345,7 @@ def _qa_reduce_kernel(
 
 
 # ----------------------------------------------------------------------------------------------
-# Launchers: same signatures as the ops in qa_kernels/ops.py
+# Launchers: same signatures as the ops in op.py
 # ----------------------------------------------------------------------------------------------
 
 

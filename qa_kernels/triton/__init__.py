@@ -1,1 +1,0 @@
-"""Triton kernels (CUDA; CPU tensors through Triton's interpreter, TRITON_INTERPRET=1)."""
