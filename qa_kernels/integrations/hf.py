@@ -160,7 +160,7 @@ NOT_SUPPORTED: dict[str, str] = {
 # The one quirk that reaches beyond the head: these encoder-decoders turn the decoder's cache off
 # when both positions are given (`if start_positions is not None and end_positions is not None:
 # use_cache = False`, before the backbone runs). The patched forward, which runs them without
-# positions, does the same. tests/test_hf_patch.py checks this set against the installed sources.
+# positions, does the same. tests/integrations/test_hf_patch.py checks this set against the installed sources.
 NO_CACHE_WITH_LABELS = frozenset(
     {
         "BartForQuestionAnswering",

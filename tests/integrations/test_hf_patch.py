@@ -1,9 +1,7 @@
 """qa_kernels.patch / unpatch on real transformers QA models (tiny random configs: nothing is
 downloaded): the patched model against an unpatched copy of itself, for every family in MODELS.
 
-The model factories and inputs at the top are shared with tests/test_hf_training.py. Sizes are the
-smallest each config accepts, so the set stays fast under the Triton interpreter; S = 13 is odd on
-purpose (no power-of-two block fits it exactly).
+The models, their inputs and the comparisons are in tests/models.py.
 
 Tests that exercise the head's math take the `backend` fixture (every implementation); the ones about
 the integration itself (dispatch, return types, unpatch, checkpoints) run once, on the default one."""
@@ -12,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable
 
 import pytest
 import torch
@@ -21,202 +18,26 @@ from torch import nn
 import qa_kernels
 from qa_kernels.integrations import hf
 from qa_kernels.ops.qa_head import op as head_op
-from tests.utils import TOLERANCE, assert_close, in_threads, skip_threads_under_the_interpreter
-
-transformers = pytest.importorskip("transformers")
-
-VOCAB, B, S = 99, 3, 13
-# Shared by every encoder config: tiny, and no dropout (patched and eager runs must draw the same
-# masks; DistilBert's qa_dropout, the one dropout the patch must keep, is tested on its own).
-_BERTISH = dict(
-    vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-    max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    attn_implementation="eager",  # sdpa returns no attention weights; eager does (output_attentions)
+from tests.models import (
+    BERTISH,
+    HEAD_FIELDS,
+    MODELS,
+    B,
+    S,
+    assert_grads_match,
+    assert_outputs_match,
+    bert,
+    gpt_neox,
+    llama,
+    make_inputs,
+    positions,
+    roberta,
+    t5,
+    tensors_of,
+    transformers,
+    twin,
 )  # fmt: skip
-_EAGER = {"attn_implementation": "eager"}
-
-
-def _bert():
-    return transformers.BertForQuestionAnswering(transformers.BertConfig(**_BERTISH))
-
-
-def _roberta():
-    return transformers.RobertaForQuestionAnswering(transformers.RobertaConfig(**_BERTISH, pad_token_id=1))
-
-
-def _xlm_roberta():
-    return transformers.XLMRobertaForQuestionAnswering(transformers.XLMRobertaConfig(**_BERTISH, pad_token_id=1))
-
-
-def _electra():
-    return transformers.ElectraForQuestionAnswering(transformers.ElectraConfig(**_BERTISH, embedding_size=16))
-
-
-def _albert():
-    config = transformers.AlbertConfig(**_BERTISH, embedding_size=16, classifier_dropout_prob=0.0)
-    return transformers.AlbertForQuestionAnswering(config)
-
-
-def _deberta_v2():
-    config = transformers.DebertaV2Config(**_BERTISH, relative_attention=True, position_buckets=8,
-                                          pos_att_type=["p2c", "c2p"])  # fmt: skip
-    return transformers.DebertaV2ForQuestionAnswering(config)
-
-
-def _mobilebert():
-    config = transformers.MobileBertConfig(
-        **_BERTISH, embedding_size=16, intra_bottleneck_size=16, true_hidden_size=16, num_feedforward_networks=2
-    )
-    return transformers.MobileBertForQuestionAnswering(config)
-
-
-def _distilbert(qa_dropout=0.0):
-    config = transformers.DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
-                                           max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
-                                           qa_dropout=qa_dropout, **_EAGER)  # fmt: skip
-    return transformers.DistilBertForQuestionAnswering(config)
-
-
-def _longformer():
-    config = transformers.LongformerConfig(**_BERTISH, attention_window=4, pad_token_id=1, sep_token_id=2)
-    return transformers.LongformerForQuestionAnswering(config)
-
-
-def _llama():
-    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                      pad_token_id=0, **_EAGER)  # fmt: skip
-    return transformers.LlamaForQuestionAnswering(config)
-
-
-def _gpt2():
-    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                     bos_token_id=1, eos_token_id=2, **_EAGER)  # fmt: skip
-    return transformers.GPT2ForQuestionAnswering(config)
-
-
-def _gpt_neox():  # not in MODELS: its forward calls self.loss_function without **kwargs (custom-loss test)
-    config = transformers.GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                        num_attention_heads=4, max_position_embeddings=64, hidden_dropout=0.0,
-                                        attention_dropout=0.0, **_EAGER)  # fmt: skip
-    return transformers.GPTNeoXForQuestionAnswering(config)
-
-
-def _opt():  # the head sits on word_embed_proj_dim (16), not hidden_size (32)
-    config = transformers.OPTConfig(vocab_size=VOCAB, hidden_size=32, word_embed_proj_dim=16, num_hidden_layers=2,
-                                    num_attention_heads=4, ffn_dim=37, max_position_embeddings=64, dropout=0.0,
-                                    attention_dropout=0.0, pad_token_id=1, **_EAGER)  # fmt: skip
-    return transformers.OPTForQuestionAnswering(config)
-
-
-def _bart():
-    config = transformers.BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=1, decoder_layers=1,
-                                     encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=37,
-                                     decoder_ffn_dim=37, max_position_embeddings=64, dropout=0.0,
-                                     attention_dropout=0.0, activation_dropout=0.0, classifier_dropout=0.0,
-                                     **_EAGER)  # fmt: skip
-    return transformers.BartForQuestionAnswering(config)
-
-
-def _t5():
-    config = transformers.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=37, num_layers=1, num_decoder_layers=1,
-                                   num_heads=4, dropout_rate=0.0, decoder_start_token_id=0, **_EAGER)  # fmt: skip
-    return transformers.T5ForQuestionAnswering(config)
-
-
-MODELS: dict[str, Callable[[], torch.nn.Module]] = {
-    "bert": _bert,
-    "roberta": _roberta,
-    "xlm-roberta": _xlm_roberta,
-    "electra": _electra,
-    "albert": _albert,
-    "deberta-v2": _deberta_v2,
-    "mobilebert": _mobilebert,
-    "distilbert": _distilbert,
-    "longformer": _longformer,
-    "llama": _llama,  # GenericForQuestionAnswering: self.loss_function(..., **kwargs)
-    "gpt2": _gpt2,
-    "opt": _opt,
-    "bart": _bart,  # encoder-decoder: Seq2SeqQuestionAnsweringModelOutput
-    "t5": _t5,
-}
-
-
-def make_inputs(name: str, device: str, *, batch: int = B, seq: int = S) -> dict[str, torch.Tensor]:
-    """input_ids (B, S) and a padded attention_mask; tokens 0..3 are kept out of the text so that
-    pad/bos/sep ids appear only where placed."""
-    input_ids = torch.randint(4, VOCAB, (batch, seq), device=device)
-    attention_mask = torch.ones(batch, seq, dtype=torch.long, device=device)
-    attention_mask[0, -3:] = 0
-    if name == "longformer":
-        # Without a global_attention_mask, Longformer's QA forward builds one from exactly three
-        # sep tokens per row (question </s></s> context </s>): that path runs here.
-        input_ids[:, [2, 3, seq - 1]] = 2
-        attention_mask[0, -3:] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
-
-
-def positions(kind: str, device: str, seq: int = S) -> tuple[torch.Tensor, torch.Tensor]:
-    """(start, end) for batch B. "mixed": a negative start (eager trains it towards token 0), a start
-    beyond S and an end equal to S (both ignored), and end given as (B, 1) as data-parallel code
-    passes it; every side keeps at least one valid row, so the loss is finite."""
-    if kind == "valid":
-        return torch.tensor([1, 4, seq - 1], device=device), torch.tensor([2, 6, seq - 1], device=device)
-    assert kind == "mixed", kind
-    return torch.tensor([-3, 4, 40], device=device), torch.tensor([[2], [seq], [5]], device=device)
-
-
-def twin(name: str, device: str, **factory_kwargs) -> tuple[nn.Module, nn.Module]:
-    """An eager model and a patched deep copy of it: same parameters, same buffers."""
-    eager = MODELS[name](**factory_kwargs).to(device)
-    return eager, qa_kernels.patch(copy.deepcopy(eager))
-
-
-def tensors_of(value, depth: int = 0) -> list[torch.Tensor]:
-    """The tensors in an output field: a tensor, a (nested) tuple of them, or a cache object (its
-    attributes, in name order)."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in tensors_of(v, depth + 1)]
-    if hasattr(value, "__dict__") and depth < 4:
-        return [t for _, v in sorted(vars(value).items()) for t in tensors_of(v, depth + 1)]
-    return []
-
-
-HEAD_FIELDS = ("loss", "start_logits", "end_logits")
-
-
-def assert_outputs_match(out, ref, tol: float) -> None:
-    """Same output class and fields; the head's fields within ``tol``; every other field (hidden
-    states, attentions, Seq2Seq and Longformer fields) bit-identical: the backbone is untouched."""
-    assert type(out) is type(ref), f"{type(out).__name__} != {type(ref).__name__}"
-    assert list(out.keys()) == list(ref.keys()), f"fields {list(out.keys())} != {list(ref.keys())}"
-    for key in ref.keys():
-        if key in HEAD_FIELDS:
-            assert out[key].dtype == ref[key].dtype, f"{key}: dtype {out[key].dtype} != {ref[key].dtype}"
-            assert_close(out[key], ref[key], tol, key)
-        else:
-            got, want = tensors_of(out[key]), tensors_of(ref[key])
-            assert len(got) == len(want) > 0, f"{key}: {len(got)} tensors != {len(want)}"
-            assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True)), f"{key} differs"
-
-
-def assert_grads_match(fused: nn.Module, eager: nn.Module, tol: float = 1e-4, noise: float = 1e-6) -> None:
-    """EVERY parameter's gradient, within ``tol`` of its own largest entry. Some are 0 in exact
-    arithmetic (attention key biases: softmax is shift-invariant; the last LayerNorm's bias: each
-    row's softmax - onehot sums to 0), so their rounding noise is bounded by ``noise`` times the
-    model's largest gradient instead."""
-    eager_params = dict(eager.named_parameters())
-    assert list(dict(fused.named_parameters())) == list(eager_params)
-    largest = max(p.grad.abs().max().item() for p in eager_params.values() if p.grad is not None)
-    assert largest > 0
-    for name, p in fused.named_parameters():
-        ref = eager_params[name].grad
-        assert (p.grad is None) == (ref is None), f"grad of {name}: {p.grad is None=} but {ref is None=}"
-        if ref is not None:
-            assert_close(p.grad, ref, tol, f"grad of {name}", atol=noise * largest)
+from tests.utils import TOLERANCE, assert_close, in_threads, skip_threads_under_the_interpreter
 
 
 def random_objective(out, generator: torch.Generator) -> torch.Tensor:
@@ -255,7 +76,7 @@ def test_without_both_positions_no_loss(device, name, labels):
     """No positions (inference), or only one side: eager returns loss=None; so does the patch, and
     every output field and gradient matches. What is tested is the routing of the arguments (the
     positions put back where they came from), which does not depend on the backend: it runs on the
-    default one; the op without positions is held to every backend in tests/test_qa_head.py."""
+    default one; the op without positions is held to every backend in tests/ops/qa_head/test_qa_head.py."""
     eager, fused = twin(name, device)
     inputs = make_inputs(name, device)
     if labels == "start_only":
@@ -448,7 +269,7 @@ def test_one_model_serves_many_threads(backend, device):
 
 def test_patched_model_pickles_and_wraps_in_data_parallel(device):
     """The per-thread positions keep a pickle round trip and nn.DataParallel working (torch.compile
-    with fullgraph=True: tests/test_hf_training.py)."""
+    with fullgraph=True: tests/integrations/test_hf_training.py)."""
     import pickle
 
     eager, fused = twin("bert", device)
@@ -504,7 +325,7 @@ def test_state_dict_and_checkpoints_round_trip(device, tmp_path, name):
 
 
 def _tiny_bigbird():
-    config = transformers.BigBirdConfig(**{k: v for k, v in _BERTISH.items() if k != "attn_implementation"},
+    config = transformers.BigBirdConfig(**{k: v for k, v in BERTISH.items() if k != "attn_implementation"},
                                         attention_type="original_full")  # fmt: skip
     return transformers.BigBirdForQuestionAnswering(config)
 
@@ -520,7 +341,7 @@ class _SameForward(transformers.BertForQuestionAnswering):
 
 def _with_head(head_factory):
     def make():
-        model = _bert()
+        model = bert()
         model.qa_outputs = head_factory(model.config.hidden_size)
         return model
 
@@ -531,8 +352,8 @@ def _with_head(head_factory):
     "make,why",
     [
         (_tiny_bigbird, "MLP head with question masking"),
-        (lambda: transformers.BertModel(transformers.BertConfig(**_BERTISH)), "not a transformers QA class"),
-        (lambda: _CustomForward(transformers.BertConfig(**_BERTISH)), "not a transformers QA class"),
+        (lambda: transformers.BertModel(transformers.BertConfig(**BERTISH)), "not a transformers QA class"),
+        (lambda: _CustomForward(transformers.BertConfig(**BERTISH)), "not a transformers QA class"),
         (_with_head(lambda h: nn.Sequential(nn.Linear(h, h), nn.Linear(h, 2))), "not a plain nn.Linear(H, 2)"),
         (_with_head(lambda h: nn.Linear(h, 3)), "not a plain nn.Linear(H, 2)"),
     ],
@@ -550,7 +371,7 @@ def test_unsupported_model_is_refused_untouched(make, why):
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("factory", [_llama, _gpt_neox], ids=["llama", "gpt_neox"])
+@pytest.mark.parametrize("factory", [llama, gpt_neox], ids=["llama", "gpt_neox"])
 def test_custom_loss_function_is_refused(device, factory):
     """A forward that computes its loss with self.loss_function (GenericForQuestionAnswering: Llama;
     GPT-NeoX's own forward, which passes it no **kwargs) honours a custom loss_function set on the
@@ -586,13 +407,13 @@ def test_custom_loss_function_is_refused(device, factory):
 
 
 def test_wrapped_model_is_refused():
-    model = torch.compile(_bert(), backend="eager")
+    model = torch.compile(bert(), backend="eager")
     with pytest.raises(hf.UnsupportedModelError, match=r"before torch\.compile"):
         qa_kernels.patch(model)
 
 
 def test_subclass_with_inherited_forward_is_patched(device):
-    config = transformers.BertConfig(**_BERTISH)
+    config = transformers.BertConfig(**BERTISH)
     eager = _SameForward(config).to(device)
     fused = qa_kernels.patch(copy.deepcopy(eager))
     assert hf.is_patched(fused) and isinstance(fused, _SameForward)
@@ -604,18 +425,18 @@ def test_subclass_with_inherited_forward_is_patched(device):
 def test_patch_transformers_class_level(tmp_path):
     """Selected classes come out patched from construction and from_pretrained; others do not;
     unpatch_transformers() stops it; unknown names are refused."""
-    bert_config = transformers.BertConfig(**_BERTISH)
+    bert_config = transformers.BertConfig(**BERTISH)
     transformers.BertForQuestionAnswering(bert_config).save_pretrained(tmp_path)
     try:
         qa_kernels.patch_transformers(["bert", "LlamaForQuestionAnswering"])
         assert hf.is_patched(transformers.BertForQuestionAnswering(bert_config))
         assert hf.is_patched(transformers.AutoModelForQuestionAnswering.from_pretrained(tmp_path))
-        assert hf.is_patched(_llama())
-        assert not hf.is_patched(_roberta())
+        assert hf.is_patched(llama())
+        assert not hf.is_patched(roberta())
         assert not hf.is_patched(transformers.BertModel(bert_config))
 
         qa_kernels.patch_transformers()  # every supported class; other models untouched
-        assert hf.is_patched(_roberta()) and hf.is_patched(_t5())
+        assert hf.is_patched(roberta()) and hf.is_patched(t5())
         bigbird = _tiny_bigbird()
         assert not hf.is_patched(bigbird) and type(bigbird) is transformers.BigBirdForQuestionAnswering
     finally:

@@ -1,8 +1,8 @@
-"""transformers' Trainer on the patched tiny BERT of tests/test_hf_training.py, as a script: the
+"""transformers' Trainer on the patched tiny BERT of tests/models.py, as a script: the
 test runs it under ``torchrun --nproc-per-node 2`` (DDP; on CPU over gloo, accelerate's default
 there) and alone, and compares.
 
-    python tests/torchrun_trainer.py OUT_DIR STEPS PER_DEVICE_BATCH
+    python tests/integrations/torchrun_trainer.py OUT_DIR STEPS PER_DEVICE_BATCH
 
 Examples are taken in order (a sequential sampler), so that at every step the two processes'
 batches together are the single process's batch. Rank 0 saves the logged per-step losses and the
@@ -18,7 +18,7 @@ import torch
 import transformers
 
 import qa_kernels
-from tests.test_hf_training import LR, _SpanDataset, tiny_bert
+from tests.models import LR, SpanDataset, bert
 
 
 class InOrderTrainer(transformers.Trainer):
@@ -33,7 +33,7 @@ def main(out_dir: str, steps: int, per_device_batch: int) -> None:
         use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
     )  # fmt: skip
     qa_kernels.patch_transformers(["bert"])  # as code that does not build the model itself would
-    trainer = InOrderTrainer(model_init=tiny_bert, args=args, train_dataset=_SpanDataset())
+    trainer = InOrderTrainer(model_init=bert, args=args, train_dataset=SpanDataset())
     assert qa_kernels.integrations.hf.is_patched(trainer.model)
     trainer.train()
     if trainer.is_world_process_zero():

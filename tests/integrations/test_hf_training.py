@@ -4,7 +4,7 @@ DistributedDataParallel, FSDP2 (fully_shard) and Trainer launched with torchrun.
 
 Every test compares the patched model with an eager twin (same seed, same data). The training
 runs use the default backend (native or torch on CPU): the head's math is held to every backend in
-tests/test_hf_patch.py; here the question is whether the integration trains like eager.
+tests/integrations/test_hf_patch.py; here the question is whether the integration trains like eager.
 
 Three parameter groups of a BERT QA model have a gradient that is exactly 0 in exact arithmetic
 (qa_outputs.bias and the last LayerNorm's bias, because each row's softmax - onehot sums to 0; the
@@ -35,29 +35,23 @@ import torch.multiprocessing as mp
 
 import qa_kernels
 from qa_kernels.integrations import hf
-from tests.test_hf_patch import _BERTISH, S, assert_grads_match, make_inputs, positions
+from tests.models import (
+    BATCH,
+    LR,
+    N_EXAMPLES,
+    STEPS,
+    S,
+    SpanDataset,
+    assert_grads_match,
+    bert,
+    make_inputs,
+    positions,
+    span_dataset,
+    twin,
+)  # fmt: skip
 from tests.utils import TOLERANCE, assert_close
 
 transformers = pytest.importorskip("transformers")
-
-N_EXAMPLES, SEQ, BATCH, STEPS, LR = 64, 16, 8, 30, 3e-3
-START_TOKEN, END_TOKEN = 5, 6
-
-
-def span_dataset(n: int = N_EXAMPLES, seq: int = SEQ, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random token ids with the answer span marked in the text: token 5 at the start position and
-    token 6 at the end position (0-3 tokens later). A tiny model learns it within 30 steps."""
-    g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(7, 99, (n, seq), generator=g)
-    start = torch.randint(1, seq - 4, (n,), generator=g)
-    end = start + torch.randint(0, 4, (n,), generator=g)
-    input_ids[torch.arange(n), start] = START_TOKEN
-    input_ids[torch.arange(n), end] = END_TOKEN
-    return {"input_ids": input_ids, "start_positions": start, "end_positions": end}
-
-
-def tiny_bert() -> torch.nn.Module:
-    return transformers.BertForQuestionAnswering(transformers.BertConfig(**_BERTISH))
 
 
 def zero_gradient_parameter(name: str, num_layers: int = 2) -> bool:
@@ -122,7 +116,7 @@ def train_loop(patched: bool, autocast: bool, steps: int = STEPS) -> tuple[torch
     """AdamW over the span dataset in order; returns the per-step losses, the final parameters and
     every parameter's per-step max |grad|."""
     torch.manual_seed(0)
-    model = tiny_bert()
+    model = bert()
     if patched:
         qa_kernels.patch(model)
     maxima = record_gradient_maxima(model)
@@ -176,17 +170,6 @@ def test_adamw_training_matches_eager(precision):
     assert_zero_gradients_stay_noise(fused_grads, precision, fused=True)
 
 
-class _SpanDataset(torch.utils.data.Dataset):
-    def __init__(self):
-        self.data = span_dataset()
-
-    def __len__(self):
-        return N_EXAMPLES
-
-    def __getitem__(self, i):
-        return {k: v[i] for k, v in self.data.items()}
-
-
 def _train_with_trainer(output_dir, class_level_patch: bool) -> tuple[torch.Tensor, dict, dict]:
     """transformers.Trainer as a user runs it; the patched run builds its model through
     patch_transformers(), the way code that does not own the model construction would."""
@@ -198,14 +181,14 @@ def _train_with_trainer(output_dir, class_level_patch: bool) -> tuple[torch.Tens
     maxima = {}
 
     def model_init():
-        model = tiny_bert()
+        model = bert()
         maxima.update(record_gradient_maxima(model))
         return model
 
     if class_level_patch:
         qa_kernels.patch_transformers(["bert"])
     try:
-        trainer = transformers.Trainer(model_init=model_init, args=args, train_dataset=_SpanDataset())
+        trainer = transformers.Trainer(model_init=model_init, args=args, train_dataset=SpanDataset())
         assert hf.is_patched(trainer.model) == class_level_patch
         trainer.train()
     finally:
@@ -238,7 +221,7 @@ def test_compile_fullgraph_matches_eager(device):
     the head's side channel or the op) would raise. AOTAutograd traces forward and backward."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    eager = tiny_bert().to(device)
+    eager = bert().to(device)
     fused = qa_kernels.patch(copy.deepcopy(eager))
     compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
     inputs = _bert_batch(device)
@@ -260,7 +243,7 @@ def test_compile_adds_no_graph_break_to_the_model():
     adds none."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    eager = tiny_bert()
+    eager = bert()
     fused = qa_kernels.patch(copy.deepcopy(eager))
     inputs = _bert_batch("cpu")
     explained_eager = torch._dynamo.explain(eager)(**inputs)
@@ -281,8 +264,6 @@ AUTOCAST_TOL = {"logits": TOLERANCE["eager"][torch.bfloat16], "loss": 1e-2, "gra
 def test_cpu_bf16_autocast_matches_eager(backend, name):
     """fp32 parameters, bf16 activations: the same dtypes as eager (bf16 logits, fp32 loss) and
     the same values within bf16's tolerance."""
-    from tests.test_hf_patch import twin
-
     eager, fused = twin(name, "cpu")
     inputs = make_inputs(name, "cpu")
     inputs["start_positions"], inputs["end_positions"] = positions("mixed", "cpu")
@@ -302,8 +283,6 @@ def test_cpu_bf16_autocast_matches_eager(backend, name):
 def test_bf16_model_without_autocast_loss_dtype():
     """A bf16 model outside autocast: eager's loss is bf16 (its cross-entropy runs in bf16); the
     patched loss has that dtype too (computed in fp32, then rounded: at most one bf16 ulp apart)."""
-    from tests.test_hf_patch import twin
-
     eager, fused = twin("bert", "cpu")
     eager, fused = eager.to(torch.bfloat16), fused.to(torch.bfloat16)
     inputs = _bert_batch("cpu")
@@ -350,7 +329,7 @@ def _dist_worker(rank: int, world_size: int, port: int, engine: str, result_path
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         torch.manual_seed(0)
-        model = _wrap(qa_kernels.patch(tiny_bert()), engine)  # patch before wrapping (see the README)
+        model = _wrap(qa_kernels.patch(bert()), engine)  # patch before wrapping (see the README)
         shard = DIST_BATCH // world_size
         batch = {k: v[rank * shard : (rank + 1) * shard] for k, v in _dist_batch().items()}
         loss = model(**batch).loss
@@ -389,7 +368,7 @@ def test_two_processes_match_one_process_full_batch(tmp_path, engine):
     got = torch.load(result)
 
     torch.manual_seed(0)
-    single = qa_kernels.patch(tiny_bert())
+    single = qa_kernels.patch(bert())
     loss = single(**_dist_batch()).loss
     loss.backward()
     assert_close(got["loss"], loss.detach(), 1e-5, "loss (the mean of the ranks' losses)")
@@ -407,7 +386,7 @@ def _run_trainer_script(out_dir, per_device_batch: int, processes: int) -> dict:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
     command = [*(launcher if processes > 1 else [sys.executable]), script, str(out_dir), str(TRAINER_STEPS),
                str(per_device_batch)]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=DIST_DEADLINE_S)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     result = torch.load(Path(out_dir) / "result.pt")
