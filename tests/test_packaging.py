@@ -58,9 +58,9 @@ def test_sdist_tests_run_from_the_unpacked_sdist(built):
     (the torch implementation; no extension is built for this)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("QA_KERNELS_REQUIRE")}
     env.update(QA_KERNELS_NO_JIT="1", QA_KERNELS_BACKEND="torch", PYTHONPATH=str(built["sdist_dir"]))
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/ops/qa_head/test_bad_input.py",
-                           "tests/test_module.py"], cwd=built["sdist_dir"], env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    tests = ["tests/ops/qa_head/test_bad_input.py", "tests/test_module.py"]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+                          cwd=built["sdist_dir"], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert " passed" in done.stdout
 
