@@ -1,6 +1,6 @@
 """qa_head used as an adversary would: a seeded differential fuzz of every backend against the
 float64 reference, threads, torch.func transforms and forward-mode AD, tensor wrappers and
-subclasses, and the inputs eager accepts that once gave a different answer here.
+subclasses, and the inputs eager accepts where a drop-in op most easily differs from it.
 
 Sizes stay small: the Triton backend runs under the interpreter on CPU, whose cost is per program.
 """

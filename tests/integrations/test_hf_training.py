@@ -75,7 +75,7 @@ def record_gradient_maxima(model: torch.nn.Module) -> dict[str, list[float]]:
 # before summing them) and the key biases 7e-6 (bf16 backbone). The fused op sums d_logits in fp32
 # in either precision, so the patched model's qa_outputs.bias is held to fp32's bound always
 # (measured <= 1.3e-7). A head backward that drops one row's start onehot (loss value unchanged)
-# gives 3e-3 at step 0, where the old final-drift bound (2 * lr * steps = 0.18) still passed (0.09).
+# gives 3e-3 at step 0, while a bound on the final drift (2 * lr * steps = 0.18) would pass it (0.09).
 ZERO_GRAD_NOISE = {"fp32": 1e-6, "bf16_autocast": 1e-3}
 FUSED_HEAD_BIAS_NOISE = 1e-6
 
