@@ -350,6 +350,23 @@ def test_spans_script_is_the_cli_suite(tmp_path, capsys):
     assert [r["provider"] for r in _read(out_csv)] == ["transformers", "torch"]
 
 
+def test_hot_script_is_the_cli_with_one_input_set(tmp_path, capsys):
+    bench_hot = _load_script("bench_hot")
+    hot = bench_hot.Hot(HeadSuite())
+    cold = HeadSuite().workload((1, 4, 8), "fp32", "cpu", ["eager"], cache_bytes=1 << 20)
+    assert len(cold.sets) > 1
+    assert len(hot.workload((1, 4, 8), "fp32", "cpu", ["eager"], cache_bytes=1 << 20).sets) == 1
+    assert (hot.name, hot.dims, hot.providers) == ("head-hot", HeadSuite.dims, HeadSuite.providers)
+
+    out_csv = tmp_path / "hot.csv"
+    argv = ["--shapes", "1x4x8", "--providers", "eager", "--modes", "fwd", *TINY, "--csv", str(out_csv)]
+    assert bench_hot.main(argv) == 0
+    assert "qa-kernels bench (head-hot)" in capsys.readouterr().out
+    assert [(r["suite"], r["provider"]) for r in _read(out_csv)] == [("head-hot", "eager")]
+    assert cli.main(["bench", *argv]) == 0  # the CLI's own suites are back
+    assert [r["suite"] for r in _read(out_csv)] == ["head"]
+
+
 def test_doctor_reports_versions_the_extension_and_what_runs(capsys):
     assert cli.main(["doctor"]) == 0
     printed = capsys.readouterr().out

@@ -9,8 +9,9 @@ suite's reference. This module times those callables the same way for every suit
   once per round, and the raw times of the rounds are pooled, so a burst of load on a shared machine
   lands on every provider rather than on one.
 - CUDA: ``triton.testing.do_bench`` (CUDA events around each call, the L2 cleared before each call,
-  ``grad_to_none`` so every rep starts with fresh gradients). CPU: a ``time.perf_counter`` loop
-  that does the same (warm-up, gradients reset outside the timed region).
+  ``grad_to_none`` so every rep starts with fresh gradients). CPU: the same recipe with
+  ``torch.utils.benchmark.Timer.timeit`` for the warm-up and the estimate, then ``timeit`` for one
+  call per sample with the gradients reset in its untimed setup (:meth:`Timer._cpu` says why both).
 - The summary is the quantiles ``QUANTILES`` = (median, p20, p80) of the pooled times, computed
   the way ``do_bench(quantiles=...)`` computes them (``torch.quantile``).
 - Achieved bandwidth = the suite's byte count for the mode / median time, also given as a fraction
@@ -25,11 +26,13 @@ import os
 import platform
 import re
 import time
+import timeit
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Optional, Protocol
 
 import torch
+import torch.utils.benchmark as benchmark
 
 QUANTILES = (0.5, 0.2, 0.8)  # median, p20, p80
 ROUNDS = 3  # interleaving rounds per (shape, dtype, mode)
@@ -210,29 +213,36 @@ class Timer:
         return self._cpu(fn, grad_to_none)
 
     def _cpu(self, fn: Fn, grad_to_none: Sequence[torch.Tensor]) -> list[float]:
-        # do_bench's recipe with a host clock: one call (compilation, allocations), an estimate from
-        # five, then as many warm-up and timed calls as fit in warmup_ms and rep_ms.
+        """Per-call times on the host clock, with ``do_bench``'s recipe: a first call (compilation,
+        allocations), an estimate from five calls, ``warmup_ms / estimate`` warm-up calls, then
+        ``rep_ms / estimate`` timed calls.
+
+        The warm-up and the estimate are ``torch.utils.benchmark.Timer.timeit`` (the mean of its
+        Measurement; each ``timeit`` first makes ``max(number // 100, 2)`` calls of its own). The
+        timed calls are ``timeit.Timer(fn, setup=reset).repeat(n, number=1)``: one call per sample,
+        the gradients reset before it in the untimed setup, the garbage collector off while it runs.
+        torch's Timer wraps that same ``timeit.Timer`` but cannot give one sample per call, each
+        after its own reset: its ``timeit`` adds those calls before every measurement, and
+        ``blocked_autorange`` times blocks of calls and runs the setup once per block, so within a
+        block the gradients accumulate (an extra read and write of each: harmless in a warm-up, not
+        in a sample).
+        """
+
         def reset() -> None:
             for t in grad_to_none:
                 t.grad = None
 
-        reset()
-        fn()
-        t0 = time.perf_counter()
-        for _ in range(5):
-            reset()
-            fn()
-        estimate_ms = (time.perf_counter() - t0) * 1e3 / 5
-        for _ in range(int(self.warmup_ms / estimate_ms)):
-            reset()
-            fn()
-        times = []
-        for _ in range(max(1, int(self.rep_ms / estimate_ms))):
-            reset()
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return times
+        warmup = benchmark.Timer(
+            stmt="fn()",
+            setup="reset()",
+            globals={"fn": fn, "reset": reset},
+            timer=time.perf_counter,  # its default also synchronizes an accelerator when one is present
+            num_threads=torch.get_num_threads(),  # its default is 1 thread
+        )
+        estimate_ms = warmup.timeit(5).mean * 1e3
+        warmup.timeit(int(self.warmup_ms / estimate_ms))
+        n = max(1, int(self.rep_ms / estimate_ms))
+        return [s * 1e3 for s in timeit.Timer(fn, setup=reset, timer=time.perf_counter).repeat(n, number=1)]
 
 
 def summarize(times_ms: Sequence[float]) -> tuple[float, float, float]:
