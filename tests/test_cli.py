@@ -105,7 +105,7 @@ def test_append_refuses_other_columns(tmp_path):
 
 
 def test_append_onto_other_columns_fails_before_the_run(tmp_path, capsys, monkeypatch):
-    """Checked before anything is measured (it once failed with a traceback after the whole run)."""
+    """Checked before anything is measured, not with a traceback after the whole run."""
     path = tmp_path / "other.csv"
     path.write_text("a,b\n1,2\n")
     monkeypatch.setattr(harness, "measure", lambda *a, **k: pytest.fail("the run started"))
