@@ -1,5 +1,5 @@
 // The fused QA head's native kernels: declarations shared by the CPU (qa_head_cpu.cpp) and CUDA
-// (cuda/qa_head_cuda.cu) implementations of the ops defined in registration.cpp.
+// (cuda/qa_head_cuda.cu) implementations of the ops defined in schemas.cpp.
 //
 // Semantics (qa_kernels/torch_impl.py is the executable statement of them):
 //   mm dtype     = cast_dtype (autocast) if given, else hidden's dtype if weight has it, else fp32;
