@@ -1,8 +1,9 @@
 // The native ops' schemas: the one place where the `qa_kernels_native` namespace and its ops are
-// defined. The kernels register themselves with TORCH_LIBRARY_IMPL (qa_head_cpu.cpp: CPU,
-// cuda/qa_head_cuda.cu: CUDA, spans.cpp: CPU). TORCH_LIBRARY, not FRAGMENT: a second definition
-// of the namespace, anywhere in the process, fails at load time. Loading this library twice into
-// one process aborts it (duplicate registration): qa_kernels/native.py loads it exactly once.
+// defined. The kernels register themselves with TORCH_LIBRARY_IMPL (qa_head/qa_head_cpu.cpp: CPU,
+// qa_head/qa_head_cuda.cu: CUDA, decode_spans/decode_spans_cpu.cpp: CPU). TORCH_LIBRARY, not
+// FRAGMENT: a second definition of the namespace, anywhere in the process, fails at load time.
+// Loading this library twice into one process aborts it (duplicate registration):
+// qa_kernels/native.py loads it exactly once.
 //
 // The signatures mirror the Python custom ops qa_kernels::qa_head_fwd / qa_head_bwd (ops.py) and
 // qa_kernels::decode_spans (spans.py), whose implementations call these when the native backend

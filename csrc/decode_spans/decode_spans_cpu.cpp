@@ -1,4 +1,4 @@
-// CPU kernel of span decoding: qa_kernels_native::decode_spans (schema in schemas.cpp), the native
+// CPU kernel of span decoding: qa_kernels_native::decode_spans (schema in ../schemas.cpp), the native
 // implementation of the Python op qa_kernels::decode_spans (qa_kernels/spans.py states the
 // contract; the Triton kernel in qa_kernels/triton/spans.py runs the same algorithm, one program
 // per row).

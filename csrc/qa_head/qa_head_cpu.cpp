@@ -20,7 +20,7 @@
 //                   order, so the result is bitwise identical across runs and thread counts.
 //                   grad_hidden comes from a one-slot cache of huge-page-advised buffers (see
 //                   LargeOutputCache).
-#include "qa_head.h"
+#include "qa_head/qa_head.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
