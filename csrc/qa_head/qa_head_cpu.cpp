@@ -22,6 +22,7 @@
 //                   (grad_buffer_cache.h).
 #include "qa_head/qa_head.h"
 
+#include "common/bf16.h"
 #include "qa_head/grad_buffer_cache.h"
 
 #include <ATen/ATen.h>
@@ -127,14 +128,6 @@ QA_INLINE vfloat bits_to_vfloat(const vu32& bits) {
   std::memcpy(&v, &bits, sizeof(v));
   return v;
 }
-// fp32 -> bf16: round to nearest even, NaN -> 0x7FC0: bit for bit c10::BFloat16(float). The bf16
-// is the high half of each returned lane.
-QA_INLINE vu32 bf16_in_high_half(const vfloat& v) {
-  vu32 u;
-  std::memcpy(&u, &v, sizeof(u));
-  const vu32 rounded = u + (((u >> 16) & 1u) + 0x7FFFu);
-  return v != v ? vu32{} + 0x7FC00000u : rounded;
-}
 
 // v[0], v[1] = the block of kBlock elements at p, in its layout (natural, or even | odd for bf16).
 QA_INLINE void load_block(const float* p, vfloat (&v)[2]) {
@@ -151,8 +144,9 @@ QA_INLINE void store_block(float* p, const vfloat (&v)[2]) {
   store_vec(p, v[0]);
   store_vec(p + kLanes, v[1]);
 }
-QA_INLINE void store_block(uint16_t* p, const vfloat (&v)[2]) {  // even bf16 low, odd bf16 high
-  const vu32 pairs = (bf16_in_high_half(v[0]) >> 16) | (bf16_in_high_half(v[1]) & 0xFFFF0000u);
+// bf16 rows: fp32 -> bf16 rounded as in common/bf16.h; even elements in the low halves, odd in the high.
+QA_INLINE void store_block(uint16_t* p, const vfloat (&v)[2]) {
+  const vu32 pairs = (bf16_in_high_half<vu32>(v[0]) >> 16) | (bf16_in_high_half<vu32>(v[1]) & 0xFFFF0000u);
   std::memcpy(p, &pairs, sizeof(pairs));
 }
 // Asks for the block at p (kBlock elements) ahead of its use.
@@ -168,11 +162,7 @@ QA_INLINE float load_one(const uint16_t* p) {
   return v;
 }
 QA_INLINE void store_one(float* p, float v) { *p = v; }
-QA_INLINE void store_one(uint16_t* p, float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof(u));
-  *p = v != v ? uint16_t{0x7FC0} : static_cast<uint16_t>((u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16);
-}
+QA_INLINE void store_one(uint16_t* p, float v) { *p = bf16_bits(v); }
 
 // out0[r] = sum_h x[r][h] * w0[h],   out1[r] = sum_h x[r][h] * w1[h]        for r < kFwdRows
 // (w0, w1 in the rows' layout.) kLanes running sums per (row, side), each taking its two elements
@@ -397,24 +387,15 @@ const float* weights_for_rows(const float* w, int64_t H, std::vector<float>& sto
 // Row access: fp32 rows in place when possible, else converted into a scratch tile.
 // ------------------------------------------------------------------------------------------------
 
-// fp32 -> bf16 on raw bits, in loops the compiler vectorizes (c10::BFloat16's scalar conversion
-// does not): round to nearest even, NaN -> 0x7FC0, bit for bit what c10::BFloat16(float) gives.
+// dst[h] = bf16(src[h]), in a loop the compiler vectorizes (common/bf16.h).
 QA_MULTIVERSION void float_to_bf16(const float* src, uint16_t* dst, int64_t n) {
-  for (int64_t h = 0; h < n; ++h) {
-    uint32_t u;
-    std::memcpy(&u, src + h, sizeof(float));
-    const uint32_t rounded = (u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16;
-    dst[h] = src[h] != src[h] ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
-  }
+  for (int64_t h = 0; h < n; ++h) dst[h] = bf16_bits(src[h]);
 }
 
 // dst[h] = float(bf16(src[h])): autocast's rounding of fp32 activations, without the bf16 copy.
 QA_MULTIVERSION void round_through_bf16(const float* src, float* dst, int64_t n) {
   for (int64_t h = 0; h < n; ++h) {
-    uint32_t u;
-    std::memcpy(&u, src + h, sizeof(float));
-    uint32_t rounded = ((u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16) << 16;
-    rounded = src[h] != src[h] ? 0x7FC00000u : rounded;
+    const uint32_t rounded = bf16_in_high_half<uint32_t>(src[h]) & 0xFFFF0000u;
     std::memcpy(dst + h, &rounded, sizeof(float));
   }
 }
