@@ -69,7 +69,7 @@ def test_wheel_ships_the_typing_marker_the_license_the_sources_and_the_build_rec
     files = built["wheel"]
     assert "qa_kernels/py.typed" in files
     # the sources, for the just-in-time build of a wheel without the library, and the build's record
-    assert "qa_kernels/csrc/registration.cpp" in files and "qa_kernels/csrc/qa_head.h" in files
+    assert "qa_kernels/csrc/schemas.cpp" in files and "qa_kernels/csrc/qa_head/qa_head.h" in files
     assert "qa_kernels/_build.json" in files
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in files), files
     assert not any(name.startswith("tests/") for name in files), "the tests are not part of the installed package"

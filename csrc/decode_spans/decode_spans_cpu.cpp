@@ -1,6 +1,7 @@
-// CPU kernel of span decoding: qa_kernels_native::decode_spans, the native implementation of the
-// Python op qa_kernels::decode_spans (qa_kernels/spans.py states the contract; the Triton kernel
-// in qa_kernels/triton/spans.py runs the same algorithm, one program per row).
+// CPU kernel of span decoding: qa_kernels_native::decode_spans (schema in ../schemas.cpp), the native
+// implementation of the Python op qa_kernels::decode_spans (qa_kernels/spans.py states the
+// contract; the Triton kernel in qa_kernels/triton/spans.py runs the same algorithm, one program
+// per row).
 //
 // Per row, with L = min(max_answer_len, S) and K = top_k (at::parallel_for over rows):
 //   a[i], b[j]   the start / end side values: the logits ("logit"), or their probabilities over the
@@ -198,11 +199,5 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode_spans_cpu(
 
 }  // namespace
 }  // namespace qa_kernels
-
-TORCH_LIBRARY_FRAGMENT(qa_kernels_native, m) {
-  m.def(
-      "decode_spans(Tensor start_logits, Tensor end_logits, Tensor? context_mask, int max_answer_len, "
-      "int top_k, bool logit_score) -> (Tensor starts, Tensor ends, Tensor scores, Tensor null_scores)");
-}
 
 TORCH_LIBRARY_IMPL(qa_kernels_native, CPU, m) { m.impl("decode_spans", &qa_kernels::decode_spans_cpu); }

@@ -1,5 +1,5 @@
 // The fused QA head's native kernels: declarations shared by the CPU (qa_head_cpu.cpp) and CUDA
-// (cuda/qa_head_cuda.cu) implementations of the ops defined in registration.cpp.
+// (qa_head_cuda.cu) implementations of the ops defined in ../schemas.cpp.
 //
 // Semantics (qa_kernels/torch_impl.py is the executable statement of them):
 //   mm dtype     = cast_dtype (autocast) if given, else hidden's dtype if weight has it, else fp32;
@@ -25,7 +25,7 @@ using FwdOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at
 using BwdOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 // Argument checks with messages that name the argument (the Python API checks first; these guard
-// direct calls of torch.ops.qa_kernels_native.*). Defined in qa_head_common.cpp.
+// direct calls of torch.ops.qa_kernels_native.*). Defined in qa_head_checks.cpp.
 void check_fwd_inputs(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                       const std::optional<at::Tensor>& start_positions,
                       const std::optional<at::Tensor>& end_positions);

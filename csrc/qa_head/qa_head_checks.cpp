@@ -1,5 +1,5 @@
 // Argument checks and dtype rules shared by the CPU and CUDA kernels (declared in qa_head.h).
-#include "qa_head.h"
+#include "qa_head/qa_head.h"
 
 #include <ATen/ATen.h>
 

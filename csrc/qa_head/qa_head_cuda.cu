@@ -13,7 +13,7 @@
 //   reduce_kernel    sums the partials in a fixed order (twice: grad_weight, grad_bias). No atomics.
 //
 // Only the headers the kernels need: ATen/cuda/CUDAContext.h would pull in cusparse.h / cublas.h.
-#include "qa_head.h"
+#include "qa_head/qa_head.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>

@@ -18,9 +18,12 @@
 //   drivers         threads take fixed items of token rows from a shared counter; the backward's
 //                   grad_weight partials are per fixed chunk of kChunkRows rows, summed in chunk
 //                   order, so the result is bitwise identical across runs and thread counts.
-//                   grad_hidden comes from a one-slot cache of huge-page-advised buffers (see
-//                   LargeOutputCache).
-#include "qa_head.h"
+//                   grad_hidden comes from a one-slot cache of huge-page-advised buffers
+//                   (grad_buffer_cache.h).
+#include "qa_head/qa_head.h"
+
+#include "common/bf16.h"
+#include "qa_head/grad_buffer_cache.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -29,17 +32,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <mutex>
-#include <string>
-#include <utility>
+#include <type_traits>
 #include <vector>
-
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 namespace qa_kernels {
 namespace {
@@ -132,14 +128,6 @@ QA_INLINE vfloat bits_to_vfloat(const vu32& bits) {
   std::memcpy(&v, &bits, sizeof(v));
   return v;
 }
-// fp32 -> bf16: round to nearest even, NaN -> 0x7FC0: bit for bit c10::BFloat16(float). The bf16
-// is the high half of each returned lane.
-QA_INLINE vu32 bf16_in_high_half(const vfloat& v) {
-  vu32 u;
-  std::memcpy(&u, &v, sizeof(u));
-  const vu32 rounded = u + (((u >> 16) & 1u) + 0x7FFFu);
-  return v != v ? vu32{} + 0x7FC00000u : rounded;
-}
 
 // v[0], v[1] = the block of kBlock elements at p, in its layout (natural, or even | odd for bf16).
 QA_INLINE void load_block(const float* p, vfloat (&v)[2]) {
@@ -156,8 +144,9 @@ QA_INLINE void store_block(float* p, const vfloat (&v)[2]) {
   store_vec(p, v[0]);
   store_vec(p + kLanes, v[1]);
 }
-QA_INLINE void store_block(uint16_t* p, const vfloat (&v)[2]) {  // even bf16 low, odd bf16 high
-  const vu32 pairs = (bf16_in_high_half(v[0]) >> 16) | (bf16_in_high_half(v[1]) & 0xFFFF0000u);
+// bf16 rows: fp32 -> bf16 rounded as in common/bf16.h; even elements in the low halves, odd in the high.
+QA_INLINE void store_block(uint16_t* p, const vfloat (&v)[2]) {
+  const vu32 pairs = (bf16_in_high_half<vu32>(v[0]) >> 16) | (bf16_in_high_half<vu32>(v[1]) & 0xFFFF0000u);
   std::memcpy(p, &pairs, sizeof(pairs));
 }
 // Asks for the block at p (kBlock elements) ahead of its use.
@@ -173,11 +162,7 @@ QA_INLINE float load_one(const uint16_t* p) {
   return v;
 }
 QA_INLINE void store_one(float* p, float v) { *p = v; }
-QA_INLINE void store_one(uint16_t* p, float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof(u));
-  *p = v != v ? uint16_t{0x7FC0} : static_cast<uint16_t>((u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16);
-}
+QA_INLINE void store_one(uint16_t* p, float v) { *p = bf16_bits(v); }
 
 // out0[r] = sum_h x[r][h] * w0[h],   out1[r] = sum_h x[r][h] * w1[h]        for r < kFwdRows
 // (w0, w1 in the rows' layout.) kLanes running sums per (row, side), each taking its two elements
@@ -402,24 +387,15 @@ const float* weights_for_rows(const float* w, int64_t H, std::vector<float>& sto
 // Row access: fp32 rows in place when possible, else converted into a scratch tile.
 // ------------------------------------------------------------------------------------------------
 
-// fp32 -> bf16 on raw bits, in loops the compiler vectorizes (c10::BFloat16's scalar conversion
-// does not): round to nearest even, NaN -> 0x7FC0, bit for bit what c10::BFloat16(float) gives.
+// dst[h] = bf16(src[h]), in a loop the compiler vectorizes (common/bf16.h).
 QA_MULTIVERSION void float_to_bf16(const float* src, uint16_t* dst, int64_t n) {
-  for (int64_t h = 0; h < n; ++h) {
-    uint32_t u;
-    std::memcpy(&u, src + h, sizeof(float));
-    const uint32_t rounded = (u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16;
-    dst[h] = src[h] != src[h] ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
-  }
+  for (int64_t h = 0; h < n; ++h) dst[h] = bf16_bits(src[h]);
 }
 
 // dst[h] = float(bf16(src[h])): autocast's rounding of fp32 activations, without the bf16 copy.
 QA_MULTIVERSION void round_through_bf16(const float* src, float* dst, int64_t n) {
   for (int64_t h = 0; h < n; ++h) {
-    uint32_t u;
-    std::memcpy(&u, src + h, sizeof(float));
-    uint32_t rounded = ((u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16) << 16;
-    rounded = src[h] != src[h] ? 0x7FC00000u : rounded;
+    const uint32_t rounded = bf16_in_high_half<uint32_t>(src[h]) & 0xFFFF0000u;
     std::memcpy(dst + h, &rounded, sizeof(float));
   }
 }
@@ -502,85 +478,6 @@ class HiddenRows {
   int64_t S_, H_, stride_b_, stride_s_, stride_h_;
   at::ScalarType round_to_;
   bool in_place_;
-};
-
-// grad_hidden, B*S*H elements written exactly once, is the backward's one big allocation, and on
-// CPU its first touch costs more than the writes themselves: glibc serves blocks over 32 MiB with
-// a fresh mmap every time, so each step page-faults in (and the kernel zeroes) the whole buffer,
-// 12800 faults for bert-large's 50 MB; measured here at ~2x the cost of the writes. Two remedies:
-//  * huge pages: on Linux the buffer is advised MADV_HUGEPAGE before its first touch (what torch's
-//    THP_MEM_ALLOC_ENABLE=1 does for every allocation): 2 MiB per fault;
-//  * a one-slot cache: when a grad_hidden tensor is freed (in training, as soon as the layer below
-//    has consumed it), its buffer is kept for the next backward, like the CUDA caching allocator
-//    does. At most one buffer is held: a released buffer is kept when the slot is empty or when it
-//    is at least as large as the one held (the training-step size wins), and the held buffer
-//    serves any request of at least half its size (kMinFill). Both rules keep a smaller steady
-//    size from faulting its buffer in afresh (measured: bf16 steps after fp32 ones of the same
-//    shape, 25 of 50 MB, with the previous step's gradient still alive, as in pytest-benchmark,
-//    faulted every other step). QA_KERNELS_CPU_CACHE=0 turns it off. A buffer is only reused
-//    after its tensor is gone: no aliasing.
-class LargeOutputCache {
- public:
-  static constexpr size_t kMinBytes = size_t{4} << 20;  // smaller blocks come from malloc's heap
-  static constexpr size_t kHugePage = size_t{2} << 20;
-  static constexpr size_t kMinFill = 2;  // the cached buffer serves requests of >= 1/kMinFill its size
-
-  static LargeOutputCache& instance() {
-    static LargeOutputCache* cache = new LargeOutputCache();  // leaked: tensors may outlive statics
-    return *cache;
-  }
-
-  at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
-    const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * options.dtype().itemsize();
-    if (bytes < kMinBytes) return at::empty(sizes, options);
-    auto [data, capacity] = take(bytes);
-    if (data == nullptr) {
-      data = allocate(bytes);
-      capacity = bytes;
-    }
-    return at::from_blob(
-        data, sizes, [this, capacity = capacity](void* p) { give_back(p, capacity); }, options);
-  }
-
- private:
-  LargeOutputCache() {
-    const char* env = std::getenv("QA_KERNELS_CPU_CACHE");
-    enabled_ = env == nullptr || std::string(env) != "0";
-  }
-
-  static void* allocate(size_t bytes) {
-    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;  // aligned_alloc's rule
-    void* data = std::aligned_alloc(kHugePage, rounded);
-    TORCH_CHECK(data != nullptr, "qa_head_bwd: out of memory allocating ", bytes, " bytes for grad_hidden");
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    madvise(data, rounded, MADV_HUGEPAGE);  // advice only: harmless where THP is off
-#endif
-    return data;
-  }
-
-  // The cached buffer and its capacity when it can hold `bytes` without wasting most of itself.
-  std::pair<void*, size_t> take(size_t bytes) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (cached_ == nullptr || bytes > cached_bytes_ || bytes * kMinFill < cached_bytes_) return {nullptr, 0};
-    return {std::exchange(cached_, nullptr), cached_bytes_};
-  }
-
-  void give_back(void* data, size_t bytes) {  // bytes: the buffer's capacity
-    void* evicted = data;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (enabled_ && (cached_ == nullptr || bytes >= cached_bytes_)) {
-        evicted = std::exchange(cached_, data);
-        cached_bytes_ = bytes;
-      }
-    }
-    std::free(evicted);
-  }
-
-  std::mutex mutex_;
-  void* cached_ = nullptr;
-  size_t cached_bytes_ = 0;
-  bool enabled_ = true;
 };
 
 // weight (2, H) or bias (2,) rounded to the mm dtype, as a contiguous fp32 tensor.
@@ -906,7 +803,7 @@ BwdOutputs qa_head_bwd_cpu(const std::optional<at::Tensor>& grad_start,  // (B, 
   const at::ScalarType mm = mm_dtype(hidden, weight, cast_dtype);
   const at::TensorOptions f32 = hidden.options().dtype(at::kFloat);
 
-  at::Tensor grad_hidden = needs_grad_hidden ? LargeOutputCache::instance().empty({B, S, H}, hidden.options()) : empty_output(hidden);
+  at::Tensor grad_hidden = needs_grad_hidden ? empty_grad_hidden({B, S, H}, hidden.options()) : empty_output(hidden);
   at::Tensor partial_w = needs_grad_weight ? at::empty({num_chunks, 2, H}, f32) : at::Tensor();
   at::Tensor partial_b = needs_grad_bias ? at::empty({num_chunks, 2}, f32) : at::Tensor();
   if (needs_grad_hidden || needs_grad_weight || needs_grad_bias) {
