@@ -1,7 +1,7 @@
 // CPU kernel of span decoding: qa_kernels_native::decode_spans (schema in ../schemas.cpp), the native
-// implementation of the Python op qa_kernels::decode_spans (qa_kernels/spans.py states the
-// contract; the Triton kernel in qa_kernels/triton/spans.py runs the same algorithm, one program
-// per row).
+// implementation of the Python op qa_kernels::decode_spans (qa_kernels/ops/decode_spans/api.py
+// states the contract; the Triton kernel in triton_impl.py beside it runs the same algorithm, one
+// program per row).
 //
 // Per row, with L = min(max_answer_len, S) and K = top_k (at::parallel_for over rows):
 //   a[i], b[j]   the start / end side values: the logits ("logit"), or their probabilities over the
@@ -34,7 +34,7 @@ constexpr int64_t kNoKey = -9200000000000000000LL;               // below every 
 constexpr float kMaskedLogit = -10000.0f;                        // transformers' value outside the context
 constexpr int64_t kGrainRows = 4;                                // fewest rows worth handing to a thread
 
-// The ranking key of a span: see the header comment and qa_kernels/spans.py.
+// The ranking key of a span: see the header comment and qa_kernels/ops/decode_spans/keys.py.
 inline int64_t span_key(float score, int64_t code) {
   if (score == 0.0f) score = 0.0f;                                          // -0.0 -> +0.0
   if (std::isnan(score)) score = std::numeric_limits<float>::quiet_NaN();  // one NaN

@@ -1,7 +1,7 @@
 // The fused QA head's native kernels: declarations shared by the CPU (qa_head_cpu.cpp) and CUDA
 // (qa_head_cuda.cu) implementations of the ops defined in ../schemas.cpp.
 //
-// Semantics (qa_kernels/torch_impl.py is the executable statement of them):
+// Semantics (qa_kernels/ops/qa_head/torch_impl.py is the executable statement of them):
 //   mm dtype     = cast_dtype (autocast) if given, else hidden's dtype if weight has it, else fp32;
 //                  hidden, weight and bias are rounded to it, products accumulate in fp32.
 //   logits_k     = hidden @ weight[k] + bias[k], stored in cast_dtype or hidden's dtype, (B, S) each.

@@ -1,5 +1,5 @@
 // CUDA kernels of the fused QA head (registered for the CUDA key of qa_kernels_native::qa_head_*).
-// A hand-written peer of the Triton kernels (qa_kernels/triton/qa_head.py), same math, same passes:
+// A hand-written peer of the Triton kernels (qa_kernels/ops/qa_head/triton_impl.py), same math, same passes:
 //
 // Forward (2 launches):
 //   logits_kernel    one warp per token row: both dot products over H, written to the two (B, S)
