@@ -7,12 +7,9 @@
 // which run far below memory bandwidth.
 //
 // Structure:
-//   micro-kernels   on kFwdRows (forward) or kRows (backward) token rows at a time (each weight
-//                   vector load serves those rows, each hidden load serves both sides), fp32 math
-//                   on fp32 or raw-bf16 rows (bf16 as even/odd pairs, weights and partials to
-//                   match), written with GCC/Clang vector
-//                   extensions and compiled for AVX-512, AVX2+FMA and baseline x86-64
-//                   (target_clones: the loader picks one per machine).
+//   micro-kernels   (cpu_micro_kernels.h) on kFwdRows (forward) or kRows (backward) token rows at a
+//                   time, fp32 math on fp32 or raw-bf16 rows, compiled for AVX-512, AVX2+FMA and
+//                   baseline x86-64.
 //   row loaders     fp16 / strided / autocast-rounded rows go through a small fp32 scratch tile;
 //                   contiguous fp32 and bf16 rows are read (and their gradients written) in place.
 //   drivers         threads take fixed items of token rows from a shared counter; the backward's
@@ -22,7 +19,7 @@
 //                   (grad_buffer_cache.h).
 #include "qa_head/qa_head.h"
 
-#include "common/bf16.h"
+#include "qa_head/cpu_micro_kernels.h"
 #include "qa_head/grad_buffer_cache.h"
 
 #include <ATen/ATen.h>
@@ -32,7 +29,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -41,30 +37,11 @@ namespace qa_kernels {
 namespace {
 
 // ------------------------------------------------------------------------------------------------
-// Tuning constants, in one place.
+// The drivers' work split (the micro-kernels' shape: cpu_micro_kernels.h).
 // ------------------------------------------------------------------------------------------------
-constexpr int64_t kRows = 4;          // token rows per backward micro-kernel call (weights reused 4x)
-// Token rows per forward micro-kernel call: 1, i.e. hidden read in memory order. Measured on an AMD
-// EPYC (Zen 4) VM, one thread, 32x384x1024: fp32 2.2-2.4 ms with 1 row against 3.5-3.7 ms with 4
-// interleaved rows (eager F.linear: 2.6-2.9), bf16 1.9-2.1 against 2.3 ms; the backward is faster
-// with 4 (fp32 5.3 against 6.1-8.1 ms). The weights stay in L1 either way.
-constexpr int64_t kFwdRows = 1;
-constexpr int64_t kLanes = 16;        // fp32 lanes per vector (one AVX-512 register; two AVX2 ones)
-constexpr int64_t kBlock = 2 * kLanes;  // elements per micro-kernel step: 2 vectors (1 bf16 load)
 constexpr int64_t kChunkRows = 128;   // token rows per grad_weight partial: FIXED, never per-thread
 constexpr int64_t kGrainRows = 64;    // token rows per work item (forward) / per thread (d_logits)
 constexpr int64_t kGrainH = 256;      // fewest features per thread in the partials' reduction
-constexpr int64_t kCacheLine = 64;    // bytes per software prefetch
-
-using vfloat = float __attribute__((vector_size(kLanes * sizeof(float))));
-
-// GCC >= 12 knows the x86-64-v3/v4 levels; elsewhere the kernels are compiled once, for the
-// compiler's default target (still vectorized, through the same vector extensions).
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && defined(__linux__)
-#define QA_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define QA_MULTIVERSION
-#endif
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -91,314 +68,8 @@ class WorkQueue {
 };
 
 // ------------------------------------------------------------------------------------------------
-// Micro-kernels. Rows are fp32 or raw bf16 bits (uint16_t); the math is fp32 either way. A row is
-// read kBlock elements at a time, as two fp32 vectors:
-//   fp32 rows  elements [h, h + kLanes) and [h + kLanes, h + kBlock): two loads;
-//   bf16 rows  ONE 64-byte load of kBlock bf16, taken as kLanes 32-bit pairs: the even elements are
-//              pair << 16 and the odd ones pair & 0xFFFF0000 (exact; one in-lane op per vector).
-//              Widening 16 bf16 into 16 fp32 lanes instead is a lane-crossing shuffle that GCC
-//              splits in four shuffle-port uops (its x86-64-v4 tuning prefers 256-bit vectors):
-//              measured, that made the bf16 backward slower than the fp32 one.
-// The (H,) fp32 vectors a row meets (weights, grad_weight partials) come in the row's layout:
-// natural for fp32 rows, paired (to_paired) for bf16 rows. Vectors are loaded and stored with
-// memcpy: unaligned, no aliasing games. Row pointers and per-row scalars are copied into locals
-// first: the gradient stores could alias the caller's arrays, and the compiler would reload them.
-// The *_impl templates are inlined into the multiversioned wrappers, so each wrapper is compiled
-// once per ISA.
-// ------------------------------------------------------------------------------------------------
-#define QA_INLINE inline __attribute__((always_inline))
-// A 64-byte vector returned by value changes the ABI below AVX-512 (-Wpsabi): these helpers are
-// only ever inlined, and take vectors by reference.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
-using vu32 = uint32_t __attribute__((vector_size(kLanes * sizeof(uint32_t))));
-
-// Rows of element type X pair their (H,) fp32 vectors in blocks: see to_paired.
-template <typename X>
-constexpr bool kPaired = std::is_same_v<X, uint16_t>;
-
-QA_INLINE vfloat load_vec(const float* p) {
-  vfloat v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-QA_INLINE void store_vec(float* p, const vfloat& v) { std::memcpy(p, &v, sizeof(v)); }
-QA_INLINE vfloat bits_to_vfloat(const vu32& bits) {
-  vfloat v;
-  std::memcpy(&v, &bits, sizeof(v));
-  return v;
-}
-
-// v[0], v[1] = the block of kBlock elements at p, in its layout (natural, or even | odd for bf16).
-QA_INLINE void load_block(const float* p, vfloat (&v)[2]) {
-  v[0] = load_vec(p);
-  v[1] = load_vec(p + kLanes);
-}
-QA_INLINE void load_block(const uint16_t* p, vfloat (&v)[2]) {  // bf16 -> fp32: exact
-  vu32 pairs;
-  std::memcpy(&pairs, p, sizeof(pairs));
-  v[0] = bits_to_vfloat(pairs << 16);
-  v[1] = bits_to_vfloat(pairs & 0xFFFF0000u);
-}
-QA_INLINE void store_block(float* p, const vfloat (&v)[2]) {
-  store_vec(p, v[0]);
-  store_vec(p + kLanes, v[1]);
-}
-// bf16 rows: fp32 -> bf16 rounded as in common/bf16.h; even elements in the low halves, odd in the high.
-QA_INLINE void store_block(uint16_t* p, const vfloat (&v)[2]) {
-  const vu32 pairs = (bf16_in_high_half<vu32>(v[0]) >> 16) | (bf16_in_high_half<vu32>(v[1]) & 0xFFFF0000u);
-  std::memcpy(p, &pairs, sizeof(pairs));
-}
-// Asks for the block at p (kBlock elements) ahead of its use.
-template <typename X>
-QA_INLINE void prefetch_block(const X* p) {
-  for (size_t b = 0; b < kBlock * sizeof(X); b += kCacheLine) __builtin_prefetch(reinterpret_cast<const char*>(p) + b);
-}
-QA_INLINE float load_one(const float* p) { return *p; }
-QA_INLINE float load_one(const uint16_t* p) {
-  const uint32_t bits = static_cast<uint32_t>(*p) << 16;
-  float v;
-  std::memcpy(&v, &bits, sizeof(v));
-  return v;
-}
-QA_INLINE void store_one(float* p, float v) { *p = v; }
-QA_INLINE void store_one(uint16_t* p, float v) { *p = bf16_bits(v); }
-
-// out0[r] = sum_h x[r][h] * w0[h],   out1[r] = sum_h x[r][h] * w1[h]        for r < kFwdRows
-// (w0, w1 in the rows' layout.) kLanes running sums per (row, side), each taking its two elements
-// of every block in turn; added lane 0..kLanes-1, then the tail: a fixed order. The rows `next`
-// are prefetched alongside: out of cache, the hardware prefetchers ramp up too slowly on rows this
-// short (2 KiB of bf16 at H = 1024), and the bf16 forward reached 65% of copy bandwidth.
-template <typename X>
-QA_INLINE void dot2_rows_impl(const X* const* x_rows,  // kFwdRows pointers to rows of H elements
-                              const X* const* next_rows,  // kFwdRows rows the caller reads next
-                              const float* w0, const float* w1,  // (H,) each
-                              int64_t H, float* out0, float* out1) {  // (kFwdRows,) each
-  const X *x[kFwdRows], *next[kFwdRows];
-  std::copy(x_rows, x_rows + kFwdRows, x);
-  std::copy(next_rows, next_rows + kFwdRows, next);
-  vfloat acc0[kFwdRows] = {}, acc1[kFwdRows] = {};
-  int64_t h = 0;
-  for (; h + kBlock <= H; h += kBlock) {
-    vfloat v0[2], v1[2];
-    load_block(w0 + h, v0);
-    load_block(w1 + h, v1);
-    for (int64_t r = 0; r < kFwdRows; ++r) {
-      vfloat xv[2];
-      load_block(x[r] + h, xv);
-      prefetch_block(next[r] + h);
-      for (int i = 0; i < 2; ++i) {
-        acc0[r] += xv[i] * v0[i];
-        acc1[r] += xv[i] * v1[i];
-      }
-    }
-  }
-  for (int64_t r = 0; r < kFwdRows; ++r) {
-    float s0 = 0.f, s1 = 0.f;
-    for (int64_t j = 0; j < kLanes; ++j) {
-      s0 += acc0[r][j];
-      s1 += acc1[r][j];
-    }
-    for (int64_t t = h; t < H; ++t) {
-      s0 += load_one(x[r] + t) * w0[t];
-      s1 += load_one(x[r] + t) * w1[t];
-    }
-    out0[r] = s0;
-    out1[r] = s1;
-  }
-}
-
-// g[r][h] = d0[r] * w0[h] + d1[r] * w1[h]                      for r < kRows (w0, w1 in g's layout)
-template <typename G>
-QA_INLINE void grad_hidden_rows_impl(G* const* g_rows,  // kRows pointers to rows of H elements
-                                     const float* d0_rows, const float* d1_rows,  // (kRows,) each
-                                     const float* w0, const float* w1, int64_t H) {  // (H,) each
-  G* g[kRows];
-  float d0[kRows], d1[kRows];
-  std::copy(g_rows, g_rows + kRows, g);
-  std::copy(d0_rows, d0_rows + kRows, d0);
-  std::copy(d1_rows, d1_rows + kRows, d1);
-  int64_t h = 0;
-  for (; h + kBlock <= H; h += kBlock) {
-    vfloat v0[2], v1[2];
-    load_block(w0 + h, v0);
-    load_block(w1 + h, v1);
-    for (int64_t r = 0; r < kRows; ++r) {
-      const vfloat gv[2] = {d0[r] * v0[0] + d1[r] * v1[0], d0[r] * v0[1] + d1[r] * v1[1]};
-      store_block(g[r] + h, gv);
-    }
-  }
-  for (; h < H; ++h) {
-    for (int64_t r = 0; r < kRows; ++r) store_one(g[r] + h, d0[r] * w0[h] + d1[r] * w1[h]);
-  }
-}
-
-// pw0[h] += sum_r d0[r] * x[r][h],   pw1[h] += sum_r d1[r] * x[r][h]   (r ascending; pw in x's layout)
-// The rows `next` are prefetched alongside (see dot2_rows_impl).
-template <typename X>
-QA_INLINE void grad_weight_rows_impl(const X* const* x_rows,  // kRows pointers to rows of H elements
-                                     const X* const* next_rows,  // kRows rows the caller reads next
-                                     const float* d0_rows, const float* d1_rows,  // (kRows,) each
-                                     float* pw0, float* pw1, int64_t H) {  // (H,) each, fp32 partials
-  const X *x[kRows], *next[kRows];
-  float d0[kRows], d1[kRows];
-  std::copy(x_rows, x_rows + kRows, x);
-  std::copy(next_rows, next_rows + kRows, next);
-  std::copy(d0_rows, d0_rows + kRows, d0);
-  std::copy(d1_rows, d1_rows + kRows, d1);
-  int64_t h = 0;
-  for (; h + kBlock <= H; h += kBlock) {
-    vfloat p0[2], p1[2];
-    load_block(pw0 + h, p0);
-    load_block(pw1 + h, p1);
-    for (int64_t r = 0; r < kRows; ++r) {
-      vfloat xv[2];
-      load_block(x[r] + h, xv);
-      prefetch_block(next[r] + h);
-      for (int i = 0; i < 2; ++i) {
-        p0[i] += d0[r] * xv[i];
-        p1[i] += d1[r] * xv[i];
-      }
-    }
-    store_block(pw0 + h, p0);
-    store_block(pw1 + h, p1);
-  }
-  for (; h < H; ++h) {
-    for (int64_t r = 0; r < kRows; ++r) {
-      pw0[h] += d0[r] * load_one(x[r] + h);
-      pw1[h] += d1[r] * load_one(x[r] + h);
-    }
-  }
-}
-
-// Both of the above in one sweep over h (a copy-like pattern: each hidden vector read and each
-// gradient vector written once, side by side; measured faster than two sweeps per block).
-template <typename X, typename G>
-QA_INLINE void grad_rows_fused_impl(const X* const* x_rows, G* const* g_rows,  // kRows rows of H elements each
-                                    const X* const* next_rows,  // kRows rows the caller reads next
-                                    const float* d0_rows, const float* d1_rows,  // (kRows,) each
-                                    const float* w0, const float* w1,  // (H,) each
-                                    float* pw0, float* pw1, int64_t H) {  // (H,) each, fp32 partials
-  const X *x[kRows], *next[kRows];
-  G* g[kRows];
-  float d0[kRows], d1[kRows];
-  std::copy(x_rows, x_rows + kRows, x);
-  std::copy(next_rows, next_rows + kRows, next);
-  std::copy(g_rows, g_rows + kRows, g);
-  std::copy(d0_rows, d0_rows + kRows, d0);
-  std::copy(d1_rows, d1_rows + kRows, d1);
-  int64_t h = 0;
-  for (; h + kBlock <= H; h += kBlock) {
-    vfloat v0[2], v1[2], p0[2], p1[2];
-    load_block(w0 + h, v0);
-    load_block(w1 + h, v1);
-    load_block(pw0 + h, p0);
-    load_block(pw1 + h, p1);
-    for (int64_t r = 0; r < kRows; ++r) {
-      vfloat xv[2];
-      load_block(x[r] + h, xv);
-      prefetch_block(next[r] + h);
-      const vfloat gv[2] = {d0[r] * v0[0] + d1[r] * v1[0], d0[r] * v0[1] + d1[r] * v1[1]};
-      store_block(g[r] + h, gv);
-      for (int i = 0; i < 2; ++i) {
-        p0[i] += d0[r] * xv[i];
-        p1[i] += d1[r] * xv[i];
-      }
-    }
-    store_block(pw0 + h, p0);
-    store_block(pw1 + h, p1);
-  }
-  for (; h < H; ++h) {
-    for (int64_t r = 0; r < kRows; ++r) {
-      store_one(g[r] + h, d0[r] * w0[h] + d1[r] * w1[h]);
-      pw0[h] += d0[r] * load_one(x[r] + h);
-      pw1[h] += d1[r] * load_one(x[r] + h);
-    }
-  }
-}
-
-// The multiversioned entry points: fp32 rows (in place, or a converted scratch tile) and bf16 rows.
-#define QA_MICRO_KERNELS(X)                                                                              \
-  QA_MULTIVERSION void dot2_rows(const X* const* x, const X* const* next, const float* w0,               \
-                                 const float* w1, int64_t H, float* out0, float* out1) {                 \
-    dot2_rows_impl(x, next, w0, w1, H, out0, out1);                                                      \
-  }                                                                                                      \
-  QA_MULTIVERSION void grad_hidden_rows(X* const* g, const float* d0, const float* d1, const float* w0, \
-                                        const float* w1, int64_t H) {                                    \
-    grad_hidden_rows_impl(g, d0, d1, w0, w1, H);                                                         \
-  }                                                                                                      \
-  QA_MULTIVERSION void grad_weight_rows(const X* const* x, const X* const* next, const float* d0,        \
-                                        const float* d1, float* pw0, float* pw1, int64_t H) {            \
-    grad_weight_rows_impl(x, next, d0, d1, pw0, pw1, H);                                                 \
-  }                                                                                                      \
-  QA_MULTIVERSION void grad_rows_fused(const X* const* x, X* const* g, const X* const* next,             \
-                                       const float* d0, const float* d1, const float* w0, const float* w1, \
-                                       float* pw0, float* pw1, int64_t H) {                              \
-    grad_rows_fused_impl(x, g, next, d0, d1, w0, w1, pw0, pw1, H);                                       \
-  }
-QA_MICRO_KERNELS(float)
-QA_MICRO_KERNELS(uint16_t)
-#undef QA_MICRO_KERNELS
-
-// acc[h] += part[h]   (the partials' reduction, one chunk at a time, in chunk order)
-QA_MULTIVERSION void add_rows(float* acc, const float* part, int64_t n) {
-  for (int64_t h = 0; h < n; ++h) acc[h] += part[h];
-}
-
-// The paired layout of an (H,) fp32 vector, which the bf16 micro-kernels combine with bf16 rows:
-// in each full block [b, b + kBlock), the even-indexed elements, then the odd-indexed ones
-//   paired[b + j] = v[b + 2 j],   paired[b + kLanes + j] = v[b + 2 j + 1]          (j < kLanes)
-// and the elements past the last full block where they are.
-void to_paired(const float* v, int64_t H, float* paired) {
-  int64_t b = 0;
-  for (; b + kBlock <= H; b += kBlock) {
-    for (int64_t j = 0; j < kLanes; ++j) {
-      paired[b + j] = v[b + 2 * j];
-      paired[b + kLanes + j] = v[b + 2 * j + 1];
-    }
-  }
-  std::copy(v + b, v + H, paired + b);
-}
-void from_paired(const float* paired, int64_t H, float* v) {
-  int64_t b = 0;
-  for (; b + kBlock <= H; b += kBlock) {
-    for (int64_t j = 0; j < kLanes; ++j) {
-      v[b + 2 * j] = paired[b + j];
-      v[b + 2 * j + 1] = paired[b + kLanes + j];
-    }
-  }
-  std::copy(paired + b, paired + H, v + b);
-}
-
-// The weights (2, H) fp32 in the layout of rows of type R: w itself, or a paired copy in storage.
-template <typename R>
-const float* weights_for_rows(const float* w, int64_t H, std::vector<float>& storage) {
-  if constexpr (kPaired<R>) {
-    storage.resize(2 * H);
-    to_paired(w, H, storage.data());
-    to_paired(w + H, H, storage.data() + H);
-    return storage.data();
-  } else {
-    return w;
-  }
-}
-
-// ------------------------------------------------------------------------------------------------
 // Row access: fp32 rows in place when possible, else converted into a scratch tile.
 // ------------------------------------------------------------------------------------------------
-
-// dst[h] = bf16(src[h]), in a loop the compiler vectorizes (common/bf16.h).
-QA_MULTIVERSION void float_to_bf16(const float* src, uint16_t* dst, int64_t n) {
-  for (int64_t h = 0; h < n; ++h) dst[h] = bf16_bits(src[h]);
-}
-
-// dst[h] = float(bf16(src[h])): autocast's rounding of fp32 activations, without the bf16 copy.
-QA_MULTIVERSION void round_through_bf16(const float* src, float* dst, int64_t n) {
-  for (int64_t h = 0; h < n; ++h) {
-    const uint32_t rounded = bf16_in_high_half<uint32_t>(src[h]) & 0xFFFF0000u;
-    std::memcpy(dst + h, &rounded, sizeof(float));
-  }
-}
 
 // dst[h] = float(round_to(float(src[h * stride])))   for h < n
 // round_to: the autocast dtype the values are rounded to; kFloat (or src's own dtype): none.
@@ -746,7 +417,7 @@ void grad_rows_cpu(const at::Tensor& hidden,  // (B, S, H)
             }
           }
           if (grad_hidden != nullptr && pw != nullptr) {
-            grad_rows_fused(x_rows, g_rows, next, d0, d1, wr, wr + H, pw, pw + H, H);
+            grad_rows(x_rows, g_rows, next, d0, d1, wr, wr + H, pw, pw + H, H);
           } else if (grad_hidden != nullptr) {
             grad_hidden_rows(g_rows, d0, d1, wr, wr + H, H);
           } else if (pw != nullptr) {
