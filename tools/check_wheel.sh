@@ -61,7 +61,7 @@ echo "== 1. pip install (default flags) with a working compiler"
 $pip install --quiet "$work/src"
 record=$(echo "$work"/venv/lib/python*/site-packages/qa_kernels/_build.json)
 grep -q '"native": "built"' "$record" || { cat "$record"; exit 1; }
-ls "$work"/venv/lib/python*/site-packages/qa_kernels/_C*.so "$work"/venv/lib/python*/site-packages/qa_kernels/csrc/registration.cpp
+ls "$work"/venv/lib/python*/site-packages/qa_kernels/_C*.so "$work"/venv/lib/python*/site-packages/qa_kernels/csrc/schemas.cpp
 smoke native
 
 echo "== 2. the same with CXX=/bin/false"
