@@ -238,7 +238,7 @@ def report(load: bool = False) -> dict[str, str]:
 
 def has_kernel(op: str, device_type: str) -> bool:
     """The loaded extension registers ``qa_kernels_native::<op>`` for ``device_type`` ("cpu", or
-    "cuda" in a CUDA build). Other csrc/ files add ops to the namespace (spans.cpp: decode_spans)."""
+    "cuda" in a CUDA build). Each op's folder under csrc/ adds its kernels to the one namespace."""
     return available() and _registered_for(op, device_type)
 
 
