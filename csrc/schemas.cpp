@@ -5,16 +5,16 @@
 // Loading this library twice into one process aborts it (duplicate registration):
 // qa_kernels/native.py loads it exactly once.
 //
-// The signatures mirror the Python custom ops qa_kernels::qa_head_fwd / qa_head_bwd (ops.py) and
-// qa_kernels::decode_spans (spans.py), whose implementations call these when the native backend
-// is chosen.
+// The signatures mirror the Python custom ops qa_kernels::qa_head_fwd / qa_head_bwd
+// (qa_kernels/ops/qa_head/op.py) and qa_kernels::decode_spans (qa_kernels/ops/decode_spans/op.py),
+// whose native implementations (native_impl.py beside them) call these.
 #include <torch/library.h>
 
 TORCH_LIBRARY(qa_kernels_native, m) {
   m.def(
       "qa_head_fwd(Tensor hidden, Tensor weight, Tensor? bias, Tensor? start_positions, Tensor? end_positions, "
-      "Tensor? num_items, float? num_items_value, ScalarType? cast_dtype) "
-      "-> (Tensor start_logits, Tensor end_logits, Tensor loss, Tensor lse, Tensor scale)");
+      "Tensor? num_items, float? num_items_value, ScalarType? cast_dtype, bool one_pass) "
+      "-> (Tensor start_logits, Tensor end_logits, Tensor loss, Tensor lse, Tensor scale, Tensor grad_weight_loss)");
   m.def(
       "qa_head_bwd(Tensor? grad_start, Tensor? grad_end, Tensor? grad_loss, Tensor hidden, Tensor weight, "
       "Tensor start_logits, Tensor end_logits, Tensor lse, Tensor scale, Tensor? start_positions, "

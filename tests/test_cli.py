@@ -211,8 +211,9 @@ def test_byte_counts():
     shape = (32, 384, 1024)
     assert moved_bytes("inference", shape, "bf16") == hidden  # read hidden once
     assert moved_bytes("fwd", shape, "bf16") == hidden  # read hidden once
-    assert moved_bytes("bwd", shape, "bf16") == 2 * hidden  # read hidden, write grad_hidden
+    assert moved_bytes("bwd", shape, "bf16") == hidden  # write grad_hidden (the forward did grad_weight)
     assert moved_bytes("fwd+bwd", shape, "bf16") == 2 * hidden == 50_331_648  # the 50 MB floor
+    assert moved_bytes("head-only", shape, "bf16") == hidden  # read hidden once, write nothing large
     assert moved_bytes("fwd+bwd", shape, "fp32") == 2 * moved_bytes("fwd+bwd", shape, "fp16")
 
 

@@ -73,7 +73,7 @@ def test_fresh_process_loads_once_and_survives_repeated_loads():
         native._load.cache_clear()
         assert native.available()
         out = torch.ops.qa_kernels_native.qa_head_fwd(
-            torch.ones(1, 3, 4), torch.ones(2, 4), None, None, None, None, None, None)
+            torch.ones(1, 3, 4), torch.ones(2, 4), None, None, None, None, None, None, False)
         assert out[0].tolist() == [[4.0, 4.0, 4.0]], out
         print("ok")
         """
@@ -143,17 +143,19 @@ def test_build_compiles_every_cpp_file():
 def test_direct_call_errors_name_the_argument():
     ops = torch.ops.qa_kernels_native
     with pytest.raises(RuntimeError, match=r"weight must have shape \(2, 8\) for hidden size 8; got shape \[3, 8\]"):
-        ops.qa_head_fwd(torch.randn(2, 5, 8), torch.randn(3, 8), None, None, None, None, None, None)
+        ops.qa_head_fwd(torch.randn(2, 5, 8), torch.randn(3, 8), None, None, None, None, None, None, False)
     with pytest.raises(RuntimeError, match=r"start_positions must have shape \(2,\) or \(2, 1\)"):
         ops.qa_head_fwd(torch.randn(2, 5, 8), torch.randn(2, 8), None, torch.zeros(3, dtype=torch.long),
-                        torch.zeros(2, dtype=torch.long), None, None, None)  # fmt: skip
+                        torch.zeros(2, dtype=torch.long), None, None, None, False)  # fmt: skip
 
 
 @requires_native
+@pytest.mark.parametrize("objective", ["loss_only", "loss_and_logits"])  # one pass / two passes
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_gradients_bitwise_equal_across_thread_counts(dtype):
-    """grad_weight / grad_bias partials are per fixed chunk of rows, summed in chunk order: the
-    bits do not depend on how many threads ran (nor on their timing)."""
+def test_gradients_bitwise_equal_across_thread_counts(dtype, objective):
+    """grad_weight / grad_bias partials (the backward's, or the one-pass forward's weighted sums)
+    are per fixed chunk of rows, summed in chunk order: the bits do not depend on how many threads
+    ran (nor on their timing)."""
     B, S, H = 3, 513, 1024
     hidden = torch.randn(B, S, H, dtype=dtype)
     weight = (torch.randn(2, H) * 0.05).to(dtype)
@@ -164,7 +166,8 @@ def test_gradients_bitwise_equal_across_thread_counts(dtype):
         leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
         with qa_kernels.use_backend("native"):
             out = qa_kernels.qa_head(*leaves, start, end)
-        return torch.autograd.grad(out.loss + out.start_logits.float().square().sum(), leaves)
+        value = out.loss if objective == "loss_only" else out.loss + out.start_logits.float().square().sum()
+        return torch.autograd.grad(value, leaves)
 
     threads = torch.get_num_threads()
     try:
@@ -220,7 +223,9 @@ def test_grad_hidden_buffer_is_reused_only_after_release():
     B, S, H = 4, 384, 1024  # 6 MiB of fp32: above the cache's 4 MiB floor
     hidden, weight = torch.randn(B, S, H), torch.randn(2, H) * 0.05
     ops = torch.ops.qa_kernels_native
-    start_logits, end_logits, _, lse, scale = ops.qa_head_fwd(hidden, weight, None, None, None, None, None, None)
+    start_logits, end_logits, _, lse, scale, _ = ops.qa_head_fwd(
+        hidden, weight, None, None, None, None, None, None, False
+    )
 
     def grad_hidden(grad_start):  # (B, S) -> (B, S, H) = grad_start[..., None] * weight[0]
         return ops.qa_head_bwd(grad_start, None, None, hidden, weight, start_logits, end_logits, lse, scale,

@@ -255,6 +255,11 @@ QA_MICRO_KERNELS(float)
 QA_MICRO_KERNELS(uint16_t)
 #undef QA_MICRO_KERNELS
 
+// v[h] *= factor   (the online softmax's rescaling of a running sum when its max grows)
+QA_MULTIVERSION void scale_row(float* v, float factor, int64_t n) {
+  for (int64_t h = 0; h < n; ++h) v[h] *= factor;
+}
+
 // acc[h] += part[h]   (the partials' reduction, one chunk at a time, in chunk order)
 QA_MULTIVERSION void add_rows(float* acc, const float* part, int64_t n) {
   for (int64_t h = 0; h < n; ++h) acc[h] += part[h];

@@ -9,6 +9,9 @@
 //   lse[b, k]    = logsumexp_s logits_k[b, s] (fp32, from the stored logits)
 //   side_k       = sum_b valid (lse - logits_k[b, target]) / n_k,  n_k = valid rows or num_items
 //   loss         = (side_0 + side_1) / 2;   scale[k] = 1 / (2 n_k)
+//   grad_weight_loss[k] = d loss / d weight[k]
+//                = scale_k * sum_b valid (sum_s p_k[b, s] hidden[b, s] - hidden[b, target_k[b]]),
+//                  p_k[b] = softmax of the stored logits; 0 for a side with no valid row.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -18,9 +21,10 @@
 
 namespace qa_kernels {
 
-// (start_logits (B, S), end_logits (B, S), loss () fp32, lse (B, 2) fp32, scale (2,) fp32);
-// without labels the last three are empty (0,) fp32 tensors.
-using FwdOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// (start_logits (B, S), end_logits (B, S), loss () fp32, lse (B, 2) fp32, scale (2,) fp32,
+// grad_weight_loss (2, H) fp32); without labels the last four are empty (0,) fp32 tensors, and
+// grad_weight_loss is empty unless one_pass was asked.
+using FwdOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 // (grad_hidden (B, S, H), grad_weight (2, H), grad_bias (2,) fp32); each (0,) when not needed.
 using BwdOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 

@@ -1,21 +1,23 @@
 // CPU kernels of the fused QA head (registered for the CPU key of qa_kernels_native::qa_head_*).
 //
 // Where the time goes: hidden (B, S, H) is the only large tensor. The forward reads it once
-// (2 fp32 FMAs per element); the backward reads it once more for grad_weight and writes
-// grad_hidden once, in the same pass over the token rows. Everything else is O(B S) or O(H).
+// (2 fp32 FMAs per element for the logits; with one_pass, 2 more from L1 for the softmax-weighted
+// sums that give the weight's gradient). The backward then only writes grad_hidden, reading the
+// (B, S) logits; when the logits receive gradients (or without one_pass) it reads hidden once more
+// for grad_weight, in the same sweep over the token rows. Everything else is O(B S) or O(H).
 // Eager PyTorch spends ~90% of the same work in two skinny `aten::mm` calls (one side of width 2),
 // which run far below memory bandwidth.
 //
 // Structure:
-//   micro-kernels   (cpu_micro_kernels.h) on kFwdRows (forward) or kRows (backward) token rows at a
-//                   time, fp32 math on fp32 or raw-bf16 rows, compiled for AVX-512, AVX2+FMA and
-//                   baseline x86-64.
+//   micro-kernels   (cpu_micro_kernels.h) on one (forward) or kRows (backward, and the forward's
+//                   weighted sums) token rows at a time, fp32 math on fp32 or raw-bf16 rows,
+//                   compiled for AVX-512, AVX2+FMA and baseline x86-64.
 //   row loaders     fp16 / strided / autocast-rounded rows go through a small fp32 scratch tile;
 //                   contiguous fp32 and bf16 rows are read (and their gradients written) in place.
-//   drivers         threads take fixed items of token rows from a shared counter; the backward's
-//                   grad_weight partials are per fixed chunk of kChunkRows rows, summed in chunk
-//                   order, so the result is bitwise identical across runs and thread counts.
-//                   grad_hidden comes from a one-slot cache of huge-page-advised buffers
+//   drivers         threads take fixed items of token rows from a shared counter; per-item
+//                   partials (the forward's weighted sums, the backward's grad_weight) are summed
+//                   in item order, so the result is bitwise identical across runs and thread
+//                   counts. grad_hidden comes from a one-slot cache of huge-page-advised buffers
 //                   (grad_buffer_cache.h).
 #include "qa_head/qa_head.h"
 
@@ -39,8 +41,8 @@ namespace {
 // ------------------------------------------------------------------------------------------------
 // The drivers' work split (the micro-kernels' shape: cpu_micro_kernels.h).
 // ------------------------------------------------------------------------------------------------
-constexpr int64_t kChunkRows = 128;   // token rows per grad_weight partial: FIXED, never per-thread
-constexpr int64_t kGrainRows = 64;    // token rows per work item (forward) / per thread (d_logits)
+constexpr int64_t kChunkRows = 128;   // token rows per work item and per partial sum: FIXED, never per-thread
+constexpr int64_t kGrainRows = 64;    // fewest token rows per thread (loss, d_logits)
 constexpr int64_t kGrainH = 256;      // fewest features per thread in the partials' reduction
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -160,41 +162,102 @@ at::Tensor as_mm_fp32(const at::Tensor& t, at::ScalarType mm) {
 // Forward
 // ------------------------------------------------------------------------------------------------
 
-// start[t] = hidden[t] . w[0] + bias[0],  end[t] = hidden[t] . w[1] + bias[1]   (fp32, t < B*S)
+// The logit as stored: rounded to the logits' dtype (the loss and the softmax read these values).
+float round_to_dtype(float x, at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kHalf:
+      return static_cast<float>(c10::Half(x));
+    case at::kBFloat16:
+      return static_cast<float>(c10::BFloat16(x));
+    default:
+      return x;
+  }
+}
+
+// One step of the online softmax, for one side over a group of n <= kRows stored logits x: raises
+// the running max m to cover them and sets e[r] = exp(x[r] - m) (0 for a -inf logit and for rows
+// past n, which the micro-kernels still see). Returns the factor exp(m_before - m) by which the
+// running weighted sum must be multiplied first (1 when the max did not grow).
+float online_softmax_step(const float* x, int64_t n, float& m, float* e) {
+  float m_new = m;
+  for (int64_t r = 0; r < n; ++r) m_new = std::max(m_new, x[r]);
+  const float factor = m_new > m ? std::exp(m - m_new) : 1.f;
+  m = m_new;
+  for (int64_t r = 0; r < kRows; ++r) {
+    e[r] = r < n && x[r] != -std::numeric_limits<float>::infinity() ? std::exp(x[r] - m) : 0.f;
+  }
+  return factor;
+}
+
+// The one-pass forward's per-item results (item = b * items_per_row + c: the token rows
+// [c * kChunkRows, (c + 1) * kChunkRows) of batch row b, clipped to S).
+struct OnePassPartials {
+  float* acc;  // (items, 2, H): sum over the item's rows s of exp(x_k[s] - m_k) * hidden[s, :]
+  float* max;  // (items, 2): m_k, the largest stored logit of side k in the item
+};
+
+// start[t] = hidden[t] . w[0] + bias[0],  end[t] = hidden[t] . w[1] + bias[1]   (t < B*S), stored
+// rounded to logit_dtype (as fp32 values). With `partials`, the same pass over each row also adds
+// it, weighted by its online-softmax weight, to its item's running sums: the softmax-weighted sums
+// of hidden that grad_weight_loss needs, without a second read of hidden. The row, just read for
+// its logits, is added from L1. Items go to threads through a WorkQueue; each item's results depend
+// only on its rows.
 template <typename scalar_t>
-void logits_cpu(const at::Tensor& hidden,  // (B, S, H)
-                const float* w,             // (2, H) fp32, already rounded to the mm dtype
-                float bias0, float bias1, at::ScalarType round_to,
-                float* start, float* end) {  // (B * S,) each
-  const int64_t N = hidden.size(0) * hidden.size(1), H = hidden.size(2);
+void forward_rows_cpu(const at::Tensor& hidden,  // (B, S, H)
+                      const float* w,             // (2, H) fp32, already rounded to the mm dtype
+                      float bias0, float bias1, at::ScalarType round_to, at::ScalarType logit_dtype,
+                      float* start, float* end,   // (B * S,) each
+                      const OnePassPartials* partials) {
+  const int64_t B = hidden.size(0), S = hidden.size(1), H = hidden.size(2);
+  const int64_t items_per_row = ceil_div(S, kChunkRows);
   const HiddenRows<scalar_t> rows_of(hidden, round_to);
   using raw_t = typename HiddenRows<scalar_t>::raw_t;
-  auto run = [&](auto row_type) {  // R: the element type the micro-kernel reads
+  auto run = [&](auto row_type) {  // R: the element type the micro-kernels read
     using R = decltype(row_type);
     std::vector<float> w_storage;
     const float* wr = weights_for_rows<R>(w, H, w_storage);
-    WorkQueue queue(ceil_div(N, kGrainRows));
+    WorkQueue queue(B * items_per_row);
     at::parallel_for(0, queue.workers(), 1, [&](int64_t, int64_t) {
-      std::vector<float> scratch(rows_of.in_place() ? 0 : kFwdRows * H);
-      const R *rows[kFwdRows], *next[kFwdRows];
-      float out0[kFwdRows], out1[kFwdRows];
+      std::vector<float> scratch(rows_of.in_place() ? 0 : kRows * H);
+      std::vector<float> acc(partials != nullptr ? 2 * H : 0);  // the item's sums, in the rows' layout
+      const R* rows[2 * kRows];  // this group's rows, then the next group's (to prefetch)
+      float x0[kRows], x1[kRows], e0[kRows], e1[kRows];
       for (int64_t item; queue.pop(item);) {
-        const int64_t item_end = std::min(N, (item + 1) * kGrainRows);
-        for (int64_t t0 = item * kGrainRows; t0 < item_end; t0 += kFwdRows) {
-          const int64_t n = std::min(kFwdRows, item_end - t0);
-          rows_of.template get<kFwdRows>(t0, n, scratch.data(), rows);
-          // The item's next rows, to prefetch: in place only (scratch rows are in cache already).
-          if (rows_of.in_place() && t0 + kFwdRows < item_end) {
-            const int64_t n_next = std::min(kFwdRows, item_end - t0 - kFwdRows);
-            rows_of.template get<kFwdRows>(t0 + kFwdRows, n_next, nullptr, next);
-          } else {
-            std::copy(rows, rows + kFwdRows, next);
+        const int64_t b = item / items_per_row;
+        const int64_t t_begin = b * S + (item % items_per_row) * kChunkRows;
+        const int64_t t_end = std::min(b * S + S, t_begin + kChunkRows);
+        float m0 = -std::numeric_limits<float>::infinity(), m1 = m0;
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int64_t t0 = t_begin; t0 < t_end; t0 += kRows) {
+          const int64_t n = std::min(kRows, t_end - t0);
+          rows_of.template get<kRows>(t0, n, scratch.data(), rows);
+          if (rows_of.in_place() && t0 + kRows < t_end) {
+            rows_of.template get<kRows>(t0 + kRows, std::min(kRows, t_end - t0 - kRows), nullptr, rows + kRows);
+          } else {  // scratch rows are in cache already
+            std::copy(rows, rows + kRows, rows + kRows);
           }
-          dot2_rows(rows, next, wr, wr + H, H, out0, out1);
-          for (int64_t r = 0; r < n; ++r) {
-            start[t0 + r] = out0[r] + bias0;
-            end[t0 + r] = out1[r] + bias1;
+          for (int64_t r = 0; r < n; ++r) {  // in memory order, each row prefetching the next
+            dot2_rows(rows + r, rows + r + 1, wr, wr + H, H, x0 + r, x1 + r);
+            x0[r] = round_to_dtype(x0[r] + bias0, logit_dtype);
+            x1[r] = round_to_dtype(x1[r] + bias1, logit_dtype);
+            start[t0 + r] = x0[r];
+            end[t0 + r] = x1[r];
           }
+          if (partials == nullptr) continue;
+          const float f0 = online_softmax_step(x0, n, m0, e0), f1 = online_softmax_step(x1, n, m1, e1);
+          if (f0 != 1.f) scale_row(acc.data(), f0, H);
+          if (f1 != 1.f) scale_row(acc.data() + H, f1, H);
+          grad_weight_rows(rows, rows, e0, e1, acc.data(), acc.data() + H, H);
+        }
+        if (partials == nullptr) continue;
+        partials->max[2 * item] = m0;
+        partials->max[2 * item + 1] = m1;
+        float* out = partials->acc + item * 2 * H;
+        if constexpr (kPaired<R>) {
+          from_paired(acc.data(), H, out);
+          from_paired(acc.data() + H, H, out + H);
+        } else {
+          std::copy(acc.begin(), acc.end(), out);
         }
       }
     });
@@ -204,6 +267,47 @@ void logits_cpu(const at::Tensor& hidden,  // (B, S, H)
   } else {
     run(float{});
   }
+}
+
+// grad_weight_loss[k, :] = coef_k * sum_b valid (sum_c exp(max[b, c, k] - lse[b, k]) * acc[b, c, k, :]
+//                                               - hidden[b, target_k[b], :])
+// (b, then c, ascending, for every element: the bits depend neither on the thread count nor on the
+// split over H), coef_k = scale[k], or 0 for a side with no valid row (whose scale is inf).
+template <typename scalar_t>
+void combine_one_pass_cpu(const at::Tensor& hidden, at::ScalarType round_to,  // (B, S, H)
+                          const OnePassPartials& partials, const float* lse,  // (B, 2)
+                          const int64_t* const* pos, const float* scale,      // (B,) x 2, (2,)
+                          float* out) {                                        // (2, H)
+  const int64_t B = hidden.size(0), S = hidden.size(1), H = hidden.size(2);
+  const int64_t items_per_row = ceil_div(S, kChunkRows);
+  const scalar_t* base = hidden.const_data_ptr<scalar_t>();
+  float coef[2];
+  for (int k = 0; k < 2; ++k) {
+    bool any_valid = false;
+    for (int64_t b = 0; b < B && !any_valid; ++b) any_valid = std::clamp<int64_t>(pos[k][b], 0, S) != S;
+    coef[k] = any_valid ? scale[k] : 0.f;
+  }
+  at::parallel_for(0, H, kGrainH, [&](int64_t h0, int64_t h1) {
+    std::vector<float> target_row(h1 - h0);
+    for (int k = 0; k < 2; ++k) {
+      float* o = out + k * H;
+      std::fill(o + h0, o + h1, 0.f);
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t target = std::clamp<int64_t>(pos[k][b], 0, S);
+        if (target == S) continue;  // ignored row
+        for (int64_t c = 0; c < items_per_row; ++c) {
+          const int64_t item = b * items_per_row + c;
+          const float f = std::exp(partials.max[2 * item + k] - lse[2 * b + k]);
+          const float* a = partials.acc + (item * 2 + k) * H;
+          for (int64_t h = h0; h < h1; ++h) o[h] += f * a[h];
+        }
+        const scalar_t* src = base + b * hidden.stride(0) + target * hidden.stride(1) + h0 * hidden.stride(2);
+        load_row(src, hidden.stride(2), h1 - h0, round_to, target_row.data());
+        for (int64_t h = h0; h < h1; ++h) o[h] -= target_row[h - h0];
+      }
+      for (int64_t h = h0; h < h1; ++h) o[h] *= coef[k];
+    }
+  });
 }
 
 // Per side k of row b:  lse = m + log sum_s exp(x[s] - m)  (m = max_s x[s]);
@@ -253,11 +357,16 @@ FwdOutputs qa_head_fwd_cpu(const at::Tensor& hidden,  // (B, S, H)
                            const std::optional<at::Tensor>& end_positions,  // (B,) or (B, 1)
                            const std::optional<at::Tensor>& num_items,  // () any numeric dtype
                            std::optional<double> num_items_value,
-                           std::optional<at::ScalarType> cast_dtype) {
+                           std::optional<at::ScalarType> cast_dtype,
+                           bool one_pass) {  // with labels: grad_weight_loss in the same pass
   check_fwd_inputs(hidden, weight, bias, start_positions, end_positions);
-  const int64_t B = hidden.size(0), S = hidden.size(1);
+  const int64_t B = hidden.size(0), S = hidden.size(1), H = hidden.size(2);
+  const bool has_labels = start_positions.has_value() && end_positions.has_value();
+  one_pass = one_pass && has_labels;
   const at::ScalarType mm = mm_dtype(hidden, weight, cast_dtype);
   const at::ScalarType out_dtype = cast_dtype.value_or(hidden.scalar_type());
+  const at::ScalarType round_to = hidden_round_dtype(hidden, cast_dtype);
+  const at::TensorOptions f32 = hidden.options().dtype(at::kFloat);
   const at::Tensor w = as_mm_fp32(weight, mm);  // (2, H) fp32
   float bias0 = 0.f, bias1 = 0.f;
   if (bias.has_value()) {
@@ -266,30 +375,45 @@ FwdOutputs qa_head_fwd_cpu(const at::Tensor& hidden,  // (B, S, H)
     bias1 = bf.const_data_ptr<float>()[1];
   }
 
-  at::Tensor start_f = at::empty({B, S}, hidden.options().dtype(at::kFloat));
-  at::Tensor end_f = at::empty({B, S}, hidden.options().dtype(at::kFloat));
+  at::Tensor start_f = at::empty({B, S}, f32), end_f = at::empty({B, S}, f32);  // rounded values
+  at::Tensor acc_partials, max_partials;
+  OnePassPartials partials{};
+  if (one_pass) {
+    const int64_t items = B * ceil_div(S, kChunkRows);
+    acc_partials = at::empty({items, 2, H}, f32);
+    max_partials = at::empty({items, 2}, f32);
+    partials = {acc_partials.data_ptr<float>(), max_partials.data_ptr<float>()};
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "qa_head_fwd_cpu", [&] {
-    logits_cpu<scalar_t>(hidden, w.const_data_ptr<float>(), bias0, bias1, hidden_round_dtype(hidden, cast_dtype),
-                         start_f.data_ptr<float>(), end_f.data_ptr<float>());
+    forward_rows_cpu<scalar_t>(hidden, w.const_data_ptr<float>(), bias0, bias1, round_to, out_dtype,
+                               start_f.data_ptr<float>(), end_f.data_ptr<float>(), one_pass ? &partials : nullptr);
   });
-  // One rounding, at the store, to the logits' dtype; the loss reads the rounded values back.
-  at::Tensor start = start_f.to(out_dtype), end = end_f.to(out_dtype);
-  if (!start_positions.has_value() || !end_positions.has_value()) {
-    return {start, end, empty_output(hidden), empty_output(hidden), empty_output(hidden)};
+  at::Tensor start = start_f.to(out_dtype), end = end_f.to(out_dtype);  // exact: already rounded
+  if (!has_labels) {
+    return {start, end, empty_output(hidden), empty_output(hidden), empty_output(hidden), empty_output(hidden)};
   }
 
-  at::Tensor loss = at::empty({}, hidden.options().dtype(at::kFloat));
-  at::Tensor lse = at::empty({B, 2}, hidden.options().dtype(at::kFloat));
-  at::Tensor scale = at::empty({2}, hidden.options().dtype(at::kFloat));
+  at::Tensor loss = at::empty({}, f32);
+  at::Tensor lse = at::empty({B, 2}, f32);
+  at::Tensor scale = at::empty({2}, f32);
   std::optional<float> denominator;
   if (num_items.has_value()) {
     denominator = num_items->to(at::kFloat).item<float>();  // a CPU tensor: no device sync
   } else if (num_items_value.has_value()) {
     denominator = static_cast<float>(*num_items_value);
   }
-  loss_cpu(start.to(at::kFloat), end.to(at::kFloat), positions_as_int64(*start_positions),
-           positions_as_int64(*end_positions), denominator, loss, lse, scale);
-  return {start, end, loss, lse, scale};
+  const at::Tensor pos[2] = {positions_as_int64(*start_positions), positions_as_int64(*end_positions)};
+  loss_cpu(start_f, end_f, pos[0], pos[1], denominator, loss, lse, scale);
+  at::Tensor grad_weight_loss = empty_output(hidden);
+  if (one_pass) {
+    grad_weight_loss = at::empty({2, H}, f32);
+    const int64_t* pos_p[2] = {pos[0].const_data_ptr<int64_t>(), pos[1].const_data_ptr<int64_t>()};
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "qa_head_fwd_cpu_one_pass", [&] {
+      combine_one_pass_cpu<scalar_t>(hidden, round_to, partials, lse.const_data_ptr<float>(), pos_p,
+                                     scale.const_data_ptr<float>(), grad_weight_loss.data_ptr<float>());
+    });
+  }
+  return {start, end, loss, lse, scale, grad_weight_loss};
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -409,7 +533,7 @@ void grad_rows_cpu(const at::Tensor& hidden,  // (B, S, H)
           }
           if (pw != nullptr) {
             rows_of.template get<kRows>(t0, n, x_scratch.data(), x_rows);
-            // The chunk's next rows, to prefetch: in place only (as in logits_cpu).
+            // The chunk's next rows, to prefetch: in place only (as in forward_rows_cpu).
             if (rows_of.in_place() && t0 + kRows < t_end) {
               rows_of.template get<kRows>(t0 + kRows, std::min(kRows, t_end - t0 - kRows), nullptr, next);
             } else {

@@ -5,6 +5,7 @@ Modes (what a training or serving step asks of the head):
   fwd        the training forward: labels given, loss computed, graph kept for the backward
   bwd        the backward alone, from the loss (``loss.backward()`` on a graph built beforehand)
   fwd+bwd    both: one training step's worth of head
+  head-only  fwd+bwd with a frozen encoder: hidden needs no gradient, the head's weight and bias do
 
 The loss is the only output a training step differentiates, so the backward starts from it.
 """
@@ -39,7 +40,10 @@ ERROR_OUTPUTS = {
     "fwd": ("start_logits", "end_logits", "loss"),
     "bwd": ("grad_hidden", "grad_weight"),
     "fwd+bwd": ("start_logits", "end_logits", "loss", "grad_hidden", "grad_weight"),
+    "head-only": ("start_logits", "end_logits", "loss", "grad_weight"),
 }
+# What each mode computes: the logits only, a training step, or one with hidden frozen.
+_KIND = {"inference": "inference", "fwd": "train", "bwd": "train", "fwd+bwd": "train", "head-only": "head-only"}
 
 
 def moved_bytes(mode: str, shape: tuple[int, ...], dtype: str) -> int:
@@ -50,17 +54,16 @@ def moved_bytes(mode: str, shape: tuple[int, ...], dtype: str) -> int:
     left out.
 
       inference  read hidden once
-      fwd        read hidden once
-      bwd        read hidden (grad_weight needs it) + write grad_hidden
-      fwd+bwd    read hidden + write grad_hidden: a fused step reads hidden once; the backward's
-                 second read hits in L2 when it fits (nothing runs between the head's forward
-                 and its backward in training: it is the last layer)
+      fwd        read hidden once (the training forward also accumulates the weight's gradient)
+      bwd        write grad_hidden (the weight's gradient came from the forward)
+      fwd+bwd    read hidden + write grad_hidden
+      head-only  read hidden once: nothing large is written
 
     bf16, B=32, S=384, H=1024, fwd+bwd: 2 * 25.2 MB = 50.3 MB, 17 us at an H100's 3.0 TB/s copy rate.
     """
     B, S, H = shape
     hidden = B * S * H * DTYPES[dtype].itemsize
-    return {"inference": hidden, "fwd": hidden, "bwd": 2 * hidden, "fwd+bwd": 2 * hidden}[mode]
+    return {"inference": hidden, "fwd": hidden, "bwd": hidden, "fwd+bwd": 2 * hidden, "head-only": hidden}[mode]
 
 
 class _Inputs(NamedTuple):
@@ -88,18 +91,24 @@ def _make_inputs(shape: tuple[int, ...], dtype: torch.dtype, device: str) -> _In
     )
 
 
-def _outputs(head: Callable, x: _Inputs, context: Callable, train: bool) -> dict[str, torch.Tensor]:
-    """One call on fresh leaves: the logits, and with ``train`` the loss and the three gradients."""
-    # Leaves that require grad in both cases, as in the timed calls (a compiled head sees the same
-    # guards and is not compiled again).
+def _outputs(head: Callable, x: _Inputs, context: Callable, kind: str) -> dict[str, torch.Tensor]:
+    """One call on fresh leaves: the logits, and for a ``train`` or ``head-only`` kind the loss and
+    the gradients."""
+    # Leaves that require grad as in the timed calls (a compiled head sees the same guards and is
+    # not compiled again).
     h, w, b = (t.detach().requires_grad_() for t in x.leaves)
+    if kind == "head-only":
+        h = h.detach()
+    train = kind != "inference"
     with context(), torch.set_grad_enabled(train):
         out = head(h, w, b, x.start, x.end) if train else head(h, w, b)
         if train:
             out.loss.backward()
     values = {"start_logits": out.start_logits, "end_logits": out.end_logits}
     if train:
-        values |= {"loss": out.loss, "grad_hidden": h.grad, "grad_weight": w.grad, "grad_bias": b.grad}
+        values |= {"loss": out.loss, "grad_weight": w.grad, "grad_bias": b.grad}
+    if kind == "train":
+        values["grad_hidden"] = h.grad
     return {k: v.detach() for k, v in values.items()}
 
 
@@ -124,8 +133,8 @@ class HeadWorkload:
             else:  # qa_kernels' op with that backend forced (forward and backward run inside it)
                 self.heads[p] = qa_head
                 self.contexts[p] = functools.partial(qa_backend.use_backend, p)
-        self._exact: dict[bool, dict[str, torch.Tensor]] = {}
-        self._errors: dict[tuple[str, bool], dict[str, float]] = {}
+        self._exact: dict[str, dict[str, torch.Tensor]] = {}
+        self._errors: dict[tuple[str, str], dict[str, float]] = {}
 
     def _compile(self, device: str) -> Callable:
         """torch.compile of the reference, compiled here (untimed) for the inference and training calls.
@@ -141,8 +150,8 @@ class HeadWorkload:
         self._restore_donated = torch._functorch.config.donated_buffer
         torch._functorch.config.donated_buffer = False
         head = torch.compile(reference.qa_head, mode=COMPILE_MODE[device], dynamic=False)
-        for train in (False, True):
-            _outputs(head, self.sets[0], contextlib.nullcontext, train)
+        for kind in ("inference", "train", "head-only"):
+            _outputs(head, self.sets[0], contextlib.nullcontext, kind)
         return head
 
     def case(self, provider: str, mode: str) -> tuple[Callable[[], object], list[torch.Tensor]]:
@@ -169,6 +178,13 @@ class HeadWorkload:
                 with context():
                     head(*x).loss.backward()
 
+        elif mode == "head-only":
+
+            def fn():
+                x = next(order)
+                with context():
+                    head(x.hidden.detach(), x.weight, x.bias, x.start, x.end).loss.backward()
+
         elif mode == "bwd":
             with context():
                 losses = itertools.cycle([head(*x).loss for x in self.sets])
@@ -182,21 +198,21 @@ class HeadWorkload:
         return fn, [t for x in self.sets for t in x.leaves]
 
     def max_error(self, provider: str, mode: str) -> float:
-        train = mode != "inference"
-        if train not in self._exact:
+        kind = _KIND[mode]
+        if kind not in self._exact:
             x = self.sets[0]
             hidden, weight, bias = (t.detach().double() for t in x.leaves)
             exact = _Inputs(hidden, weight, bias, x.start, x.end)
-            self._exact[train] = _outputs(reference.qa_head, exact, contextlib.nullcontext, train)
-        if (provider, train) not in self._errors:  # keep the errors, not the (possibly GB-sized) outputs
-            got = _outputs(self.heads[provider], self.sets[0], self.contexts[provider], train)
-            self._errors[provider, train] = {
+            self._exact[kind] = _outputs(reference.qa_head, exact, contextlib.nullcontext, kind)
+        if (provider, kind) not in self._errors:  # keep the errors, not the (possibly GB-sized) outputs
+            got = _outputs(self.heads[provider], self.sets[0], self.contexts[provider], kind)
+            self._errors[provider, kind] = {
                 name: (
-                    (value.double() - self._exact[train][name]).abs().max() / self._exact[train][name].abs().max()
+                    (value.double() - self._exact[kind][name]).abs().max() / self._exact[kind][name].abs().max()
                 ).item()
                 for name, value in got.items()
             }
-        return max(self._errors[provider, train][name] for name in ERROR_OUTPUTS[mode])
+        return max(self._errors[provider, kind][name] for name in ERROR_OUTPUTS[mode])
 
     def close(self) -> None:
         self.sets.clear()
@@ -210,7 +226,7 @@ class HeadWorkload:
 class HeadSuite:
     name = "head"
     dims: tuple[str, ...] = ("B", "S", "H")
-    modes: tuple[str, ...] = ("inference", "fwd", "bwd", "fwd+bwd")
+    modes: tuple[str, ...] = ("inference", "fwd", "bwd", "fwd+bwd", "head-only")
     providers: tuple[str, ...] = ("eager", "compile", "triton", "native")
     baseline = "eager"
     dtypes: tuple[str, ...] = tuple(DTYPES)

@@ -89,7 +89,9 @@ def qa_head(
     """The fused extractive-QA head: ``Linear(H, 2)``, start/end split and the clamped cross-entropy.
 
     Computes exactly what ``qa_kernels.reference.qa_head`` (and transformers' eager head) computes,
-    in one pass over ``hidden`` forward and one backward, with no host synchronization.
+    with no host synchronization. Training reads ``hidden`` once: the forward also accumulates the
+    loss's weight gradient (an online-softmax weighted sum of hidden's rows), so the backward only
+    writes ``grad_hidden`` (it reads ``hidden`` again only when the logits receive gradients too).
 
     Args:
         hidden: ``(B, S, H)`` float32, float16 or bfloat16, dense with any strides; the encoder's
@@ -155,11 +157,13 @@ def qa_head(
     args = (hidden, weight, bias, start_positions, end_positions, num_items, num_items_value, cast_dtype)
     how = route("qa_head", device_type, _INPUT_NAMES, args[:6], differentiable=True)
     if how == "plain":
-        start_logits, end_logits, loss, _, _ = implementation("qa_head", device_type).qa_head_fwd(*args)
+        start_logits, end_logits, loss, *_ = implementation("qa_head", device_type).qa_head_fwd(*args, False)
     elif how == "transform":
-        start_logits, end_logits, loss, _, _ = torch_impl.qa_head_fwd(*args)
+        start_logits, end_logits, loss, *_ = torch_impl.qa_head_fwd(*args, False)
     else:
-        start_logits, end_logits, loss, _, _ = op.qa_head_fwd(*args)
+        # The weight's gradient in the forward (op.py: one pass over hidden) when it will be wanted.
+        one_pass = start_positions is not None and torch.is_grad_enabled() and weight.requires_grad
+        start_logits, end_logits, loss, *_ = op.qa_head_fwd(*args, one_pass)
     if start_positions is None:
         return QAHeadOutput(start_logits, end_logits, None)
     if num_items is not None and num_items.is_floating_point():

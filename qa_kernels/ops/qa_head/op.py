@@ -1,8 +1,21 @@
 """The head's registered ops: one pair, a fake kernel for tracing, autograd.
 
 ``qa_kernels::qa_head_fwd`` computes both logits, and with labels the loss plus the per-row
-logsumexp and per-side gradient scale that the backward needs. ``qa_kernels::qa_head_bwd`` computes
-the input gradients from those. Each runs the implementation the registry picks
+logsumexp and per-side gradient scale that the backward needs; asked (``one_pass``), also the
+loss's gradient with respect to the weight. ``qa_kernels::qa_head_bwd`` computes the input
+gradients from those.
+
+One pass over ``hidden`` in training. When only the loss is differentiated (transformers discards
+the logits' gradients), the loss's gradient with respect to the weight is, per side ``k``,
+
+    d loss / d weight[k] = scale_k * sum over valid rows b of (sum_s p_k[b, s] hidden[b, s] - hidden[b, y_k[b]])
+
+with ``p_k[b] = softmax(logits_k[b])``: a softmax-weighted sum of hidden's rows, which a forward
+that reads each row once can accumulate with an online softmax (a running max and a rescaled
+accumulator: flash-attention's trick with one query). The backward then multiplies it by the
+upstream gradient and only writes ``grad_hidden``, reading the (B, S) logits, not hidden. When the
+logits receive gradients too, or for a double backward, the backward reads hidden as before (the
+two-pass path) and ``grad_weight_loss`` goes unused. Each runs the implementation the registry picks
 (:func:`qa_kernels.backend.implementation`); every implementation module (``*_impl.py`` here)
 exposes the same two functions with the same signatures as the ops below.
 
@@ -34,32 +47,38 @@ def qa_head_fwd(
     num_items: Optional[Tensor],  # () scalar tensor: sum / num_items instead of the mean
     num_items_value: Optional[float],  # the same as a Python number
     cast_dtype: Optional[torch.dtype],  # autocast dtype: inputs rounded to it, logits stored in it
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns ``(start_logits (B, S), end_logits (B, S), loss (), lse (B, 2), scale (2,))``.
+    one_pass: bool,  # with labels: also compute grad_weight_loss
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns ``(start_logits (B, S), end_logits (B, S), loss (), lse (B, 2), scale (2,),
+    grad_weight_loss (2, H))``.
 
     Without labels, ``loss``, ``lse`` and ``scale`` are empty float32 tensors of shape ``(0,)``.
     ``lse`` is each row's float32 logsumexp per side; ``scale[k]`` is ``1 / (2 * n_k)`` with ``n_k``
     the side's valid-row count, or ``num_items`` (the loss's derivative w.r.t. one row's NLL).
+    ``grad_weight_loss`` is ``d loss / d weight`` in float32 (a side with no valid row contributes
+    0), from hidden rounded to the mm dtype as the logits are; empty ``(0,)`` without labels or
+    without ``one_pass``.
     """
     impl = implementation("qa_head", hidden.device.type)
     return impl.qa_head_fwd(
-        hidden, weight, bias, start_positions, end_positions, num_items, num_items_value, cast_dtype
+        hidden, weight, bias, start_positions, end_positions, num_items, num_items_value, cast_dtype, one_pass
     )
 
 
 @qa_head_fwd.register_fake
-def _(hidden, weight, bias, start_positions, end_positions, num_items, num_items_value, cast_dtype):
-    B, S, _ = hidden.shape
+def _(hidden, weight, bias, start_positions, end_positions, num_items, num_items_value, cast_dtype, one_pass):
+    B, S, H = hidden.shape
     out_dtype = cast_dtype or hidden.dtype
     start = hidden.new_empty((B, S), dtype=out_dtype)
     end = hidden.new_empty((B, S), dtype=out_dtype)
+    empty = hidden.new_empty((0,), dtype=torch.float32)
     if start_positions is None or end_positions is None:
-        empty = hidden.new_empty((0,), dtype=torch.float32)
-        return start, end, empty, empty.clone(), empty.clone()
+        return start, end, empty, empty.clone(), empty.clone(), empty.clone()
     loss = hidden.new_empty((), dtype=torch.float32)
     lse = hidden.new_empty((B, 2), dtype=torch.float32)
     scale = hidden.new_empty((2,), dtype=torch.float32)
-    return start, end, loss, lse, scale
+    grad_weight_loss = hidden.new_empty((2, H) if one_pass else (0,), dtype=torch.float32)
+    return start, end, loss, lse, scale, grad_weight_loss
 
 
 @torch.library.custom_op("qa_kernels::qa_head_bwd", mutates_args=())
@@ -107,12 +126,16 @@ def _setup_context(ctx, inputs, output):
     # Saved: what the backward reads, no more. hidden only when the weight needs its gradient (the
     # only use of it); positions as private copies of B integers, so that the caller may refill a
     # reused label buffer before the backward (eager's cross-entropy does not keep them either).
-    hidden, weight, bias, start_positions, end_positions, _, _, cast_dtype = inputs
-    start_logits, end_logits, _, lse, scale = output
+    # hidden is saved for the two-pass backward even with one_pass (whether the logits will receive
+    # gradients is known only then); it is a reference, and eager's nn.Linear keeps it too.
+    hidden, weight, bias, start_positions, end_positions, _, _, cast_dtype, _ = inputs
+    start_logits, end_logits, _, lse, scale, grad_weight_loss = output
     saved_hidden = hidden if ctx.needs_input_grad[1] else None  # the weight's gradient
     if start_positions is not None:
         start_positions, end_positions = start_positions.clone(), end_positions.clone()
-    ctx.save_for_backward(saved_hidden, weight, start_logits, end_logits, lse, scale, start_positions, end_positions)
+    ctx.save_for_backward(
+        saved_hidden, weight, start_logits, end_logits, lse, scale, start_positions, end_positions, grad_weight_loss
+    )
     ctx.hidden_meta = (hidden.shape, hidden.dtype)
     ctx.cast_dtype = cast_dtype
     ctx.bias_dtype = None if bias is None else bias.dtype
@@ -125,8 +148,8 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, grad_start, grad_end, grad_loss, _grad_lse, _grad_scale):
-    hidden, weight, start_logits, end_logits, lse, scale, start_pos, end_pos = ctx.saved_tensors
+def _backward(ctx, grad_start, grad_end, grad_loss, _grad_lse, _grad_scale, _grad_gwl):
+    hidden, weight, start_logits, end_logits, lse, scale, start_pos, end_pos, grad_weight_loss = ctx.saved_tensors
     needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
     if hidden is None:  # grad_weight not needed: a placeholder with hidden's shape and dtype, never read
         shape, dtype = ctx.hidden_meta
@@ -145,16 +168,22 @@ def _backward(ctx, grad_start, grad_end, grad_loss, _grad_lse, _grad_scale):
             start_pos, end_pos, ctx.cast_dtype, needs_hidden, needs_weight, needs_bias,
         )  # fmt: skip
     else:
+        # One pass: only the loss is differentiated and the forward computed its weight gradient.
+        one_pass = needs_weight and grad_weight_loss.numel() > 0 and grad_start is None and grad_end is None
         with use_backend(ctx.backend):
             grad_hidden, grad_weight, grad_bias = qa_head_bwd(
                 grad_start, grad_end, grad_loss, hidden, weight, start_logits, end_logits, lse, scale,
-                start_pos, end_pos, ctx.cast_dtype, needs_hidden, needs_weight, needs_bias,
+                start_pos, end_pos, ctx.cast_dtype, needs_hidden, needs_weight and not one_pass, needs_bias,
             )  # fmt: skip
+        if one_pass and grad_loss is not None:
+            grad_weight = (grad_loss.float() * grad_weight_loss).to(weight.dtype)
+        elif one_pass:  # the loss received no gradient (None), and the logits none either
+            grad_weight = torch.zeros_like(weight)
     return (
         grad_hidden if needs_hidden else None,
         grad_weight if needs_weight else None,
         grad_bias.to(ctx.bias_dtype) if needs_bias else None,
-        None, None, None, None, None,
+        None, None, None, None, None, None,
     )  # fmt: skip
 
 

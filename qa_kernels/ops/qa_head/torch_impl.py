@@ -35,7 +35,7 @@ def logsumexp(x: Tensor, dim: int) -> Tensor:
     return (m + (x - m).exp().sum(dim=dim, keepdim=True).log()).squeeze(dim)
 
 
-def qa_head_fwd(hidden, weight, bias, start_positions, end_positions, num_items, num_items_value, cast_dtype):
+def qa_head_fwd(hidden, weight, bias, start_positions, end_positions, num_items, num_items_value, cast_dtype, one_pass):
     S = hidden.shape[1]
     out_dtype = cast_dtype or hidden.dtype
     mm = _mm_dtype(hidden, weight, cast_dtype)
@@ -46,7 +46,7 @@ def qa_head_fwd(hidden, weight, bias, start_positions, end_positions, num_items,
     end = logits[..., 1].to(out_dtype, memory_format=torch.contiguous_format, copy=True)
     if start_positions is None or end_positions is None:
         empty = hidden.new_empty((0,), dtype=torch.float32)
-        return start, end, empty, empty.clone(), empty.clone()
+        return start, end, empty, empty.clone(), empty.clone(), empty.clone()
 
     x = torch.stack([start, end], dim=1).float()  # (B, 2, S), the stored (rounded) logits
     lse = logsumexp(x, dim=-1)  # (B, 2)
@@ -61,7 +61,41 @@ def qa_head_fwd(hidden, weight, bias, start_positions, end_positions, num_items,
         denom = valid.sum(dim=0).to(torch.float32)  # 0 valid rows -> 0/0 = NaN, as eager
     loss = (nll_sum / denom).sum() / 2
     scale = 0.5 / denom
-    return start, end, loss, lse.contiguous(), scale
+    lse = lse.contiguous()
+    if one_pass:
+        gwl = grad_weight_loss(hidden, weight, cast_dtype, start, end, lse, scale, start_positions, end_positions)
+    else:
+        gwl = hidden.new_empty((0,), dtype=torch.float32)
+    return start, end, loss, lse, scale, gwl
+
+
+def grad_weight_loss(
+    hidden: Tensor,  # (B, S, H)
+    weight: Tensor,  # (2, H)
+    cast_dtype: Optional[torch.dtype],
+    start_logits: Tensor,  # (B, S), as stored
+    end_logits: Tensor,  # (B, S)
+    lse: Tensor,  # (B, 2) float32
+    scale: Tensor,  # (2,) float32
+    start_positions: Tensor,  # (B,)
+    end_positions: Tensor,  # (B,)
+) -> Tensor:
+    """``d loss / d weight`` (2, H) float32, for an upstream gradient of 1:
+    ``scale_k * sum over valid rows b of (sum_s p_k[b, s] h[b, s] - h[b, y_k[b]])``, with ``p_k[b]``
+    the softmax of the stored logits and ``h`` hidden rounded to the mm dtype. The fused kernels
+    accumulate the softmax-weighted sum in their one pass over hidden; here it is plain."""
+    B, S, H = hidden.shape
+    x = torch.stack([start_logits, end_logits], dim=1).float()  # (B, 2, S)
+    targets, valid = _targets(torch.stack([start_positions, end_positions], dim=1), S)
+    with torch.autocast(hidden.device.type, enabled=False):  # fp32 products, as the kernels'
+        h = hidden.to(_mm_dtype(hidden, weight, cast_dtype)).float()  # (B, S, H)
+        p = torch.exp(x - lse.unsqueeze(-1))  # (B, 2, S)
+        weighted = torch.einsum("bks,bsh->bkh", p, h)  # (B, 2, H): sum_s p h
+        at_target = h.gather(1, targets.clamp(max=S - 1).unsqueeze(-1).expand(B, 2, H))  # (B, 2, H)
+        # Zeroed on ignored rows before the scale (a side with no valid row has an infinite scale).
+        per_row = torch.where(valid.unsqueeze(-1), weighted - at_target, 0.0)
+        coef = torch.where(valid.any(dim=0), scale, 0.0)  # (2,)
+        return per_row.sum(dim=0) * coef.unsqueeze(-1)
 
 
 def qa_head_bwd(

@@ -11,7 +11,7 @@ from qa_kernels.ops.qa_head import op as head_op
 from tests.utils import TOLERANCE, assert_close
 
 
-def _fwd_args(device, labels=True, bias=True, num_items=None):
+def _fwd_args(device, labels=True, bias=True, num_items=None, one_pass=False):
     hidden = torch.randn(3, 7, 31, device=device, requires_grad=True)
     weight = torch.randn(2, 31, device=device, requires_grad=True)
     b = torch.randn(2, device=device, requires_grad=True) if bias else None
@@ -19,16 +19,32 @@ def _fwd_args(device, labels=True, bias=True, num_items=None):
     end = torch.tensor([2, 7, 3], device=device) if labels else None
     num_items_t = torch.tensor(5.0, device=device) if num_items == "tensor" else None
     num_items_v = 5.0 if num_items == "value" else None
-    return (hidden, weight, b, start, end, num_items_t, num_items_v, None)
+    return (hidden, weight, b, start, end, num_items_t, num_items_v, None, one_pass)
 
 
 @pytest.mark.parametrize(
-    "labels,bias,num_items",
-    [(True, True, None), (False, True, None), (True, False, "tensor"), (True, True, "value")],
-    ids=["labels", "no_labels", "nobias_num_items_tensor", "num_items_value"],
+    "labels,bias,num_items,one_pass",
+    [
+        (True, True, None, False),
+        (False, True, None, False),
+        (True, False, "tensor", False),
+        (True, True, "value", False),
+        (True, True, None, True),
+        (False, True, None, True),
+        (True, False, "tensor", True),
+    ],
+    ids=[
+        "labels",
+        "no_labels",
+        "nobias_num_items_tensor",
+        "num_items_value",
+        "one_pass",
+        "one_pass_no_labels",
+        "one_pass_nobias_num_items_tensor",
+    ],
 )
-def test_opcheck(backend, device, labels, bias, num_items):
-    torch.library.opcheck(head_op.qa_head_fwd, _fwd_args(device, labels, bias, num_items))
+def test_opcheck(backend, device, labels, bias, num_items, one_pass):
+    torch.library.opcheck(head_op.qa_head_fwd, _fwd_args(device, labels, bias, num_items, one_pass))
 
 
 @pytest.mark.parametrize("weight_layout", ["contiguous", "transposed"])
@@ -37,7 +53,7 @@ def test_opcheck_backward_op(backend, device, weight_layout):
     if weight_layout == "transposed":  # (H, 2) storage seen as (2, H), as a tied or transposed weight
         weight = weight.detach().t().contiguous().t()
     with torch.no_grad():
-        s, e, _, lse, scale = head_op.qa_head_fwd(hidden, weight, b, start, end, None, None, None)
+        s, e, _, lse, scale, _ = head_op.qa_head_fwd(hidden, weight, b, start, end, None, None, None, False)
     args = (torch.randn(3, 7, device=device), None, torch.tensor(0.7, device=device), hidden.detach(),
             weight.detach(), s, e, lse, scale, start, end, None, True, True, True)  # fmt: skip
     torch.library.opcheck(head_op.qa_head_bwd, args)
