@@ -80,6 +80,8 @@ void load_row(const scalar_t* src, int64_t stride, int64_t n, at::ScalarType rou
   if (round_to == c10::CppTypeToScalarType<scalar_t>::value) round_to = at::kFloat;  // exact
   if (std::is_same_v<scalar_t, float> && stride == 1 && round_to == at::kBFloat16) {
     round_through_bf16(reinterpret_cast<const float*>(src), dst, n);
+  } else if (std::is_same_v<scalar_t, c10::Half> && stride == 1 && round_to == at::kFloat) {
+    half_to_float(reinterpret_cast<const c10::Half*>(src), dst, n);
   } else if (round_to == at::kBFloat16) {
     for (int64_t h = 0; h < n; ++h) dst[h] = static_cast<float>(c10::BFloat16(static_cast<float>(src[h * stride])));
   } else if (round_to == at::kHalf) {
@@ -94,6 +96,8 @@ template <typename scalar_t>
 void store_row(const float* src, int64_t n, scalar_t* dst) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
     float_to_bf16(src, reinterpret_cast<uint16_t*>(dst), n);
+  } else if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    float_to_half(src, dst, n);
   } else {
     for (int64_t h = 0; h < n; ++h) dst[h] = static_cast<scalar_t>(src[h]);
   }
@@ -247,7 +251,9 @@ void forward_rows_cpu(const at::Tensor& hidden,  // (B, S, H)
           const float f0 = online_softmax_step(x0, n, m0, e0), f1 = online_softmax_step(x1, n, m1, e1);
           if (f0 != 1.f) scale_row(acc.data(), f0, H);
           if (f1 != 1.f) scale_row(acc.data() + H, f1, H);
-          grad_weight_rows(rows, rows, e0, e1, acc.data(), acc.data() + H, H);
+          // The rows come from L1; the next group's are prefetched meanwhile, so that the stream
+          // from memory does not pause while the sums are added.
+          grad_weight_rows(rows, rows + kRows, e0, e1, acc.data(), acc.data() + H, H);
         }
         if (partials == nullptr) continue;
         partials->max[2 * item] = m0;
