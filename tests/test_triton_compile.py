@@ -75,7 +75,7 @@ class _GridRecorder:
 @pytest.mark.parametrize(
     "B,S",
     [
-        (1, 2**21),  # a 2M-token row: 131072 S-blocks of the forward, 65536 of the backward
+        (1, 2**21),  # a 2M-token row: 131072 S-blocks of the forward, 65536 of the one-pass forward and backward
         (2**17, 384),  # a batch past 65535 rows
     ],
 )
@@ -93,13 +93,17 @@ def test_launch_grids_fit_cuda_limits(monkeypatch, B, S):
     hidden = torch.empty((B, S, H), dtype=torch.bfloat16, **meta)
     weight = torch.empty((2, H), dtype=torch.bfloat16, **meta)
     positions = torch.empty((B,), dtype=torch.int64, **meta)
-    start, end, _, lse, scale = head_k.qa_head_fwd(hidden, weight, weight[0], positions, positions, None, None, None)
+    # one_pass: its forward blocks (BLOCK_S = 32) and the combine kernel's grid over H
+    start, end, _, lse, scale, _ = head_k.qa_head_fwd(hidden, weight, weight[0], positions, positions, None, None,
+                                                      None, True)  # fmt: skip
+    head_k.qa_head_fwd(hidden, weight, weight[0], positions, positions, None, None, None, False)  # BLOCK_S = 16
     head_k.qa_head_bwd(start, end, torch.empty((), **meta), hidden, weight, start, end, lse, scale,
                        positions, positions, None, True, True, True)  # fmt: skip
     spans_k.decode_spans(start[:, :65535], end[:, :65535], None, 30, 20, False)
 
-    assert {name for name, _ in grids} == {"_qa_logits_kernel", "_qa_loss_kernel", "_qa_head_bwd_kernel",
-                                           "_qa_reduce_kernel", "_decode_spans_kernel"}  # fmt: skip
+    assert {name for name, _ in grids} == {"_qa_logits_kernel", "_qa_loss_kernel", "_qa_one_pass_combine_kernel",
+                                           "_qa_head_bwd_kernel", "_qa_reduce_kernel",
+                                           "_decode_spans_kernel"}  # fmt: skip
     for name, grid in grids:
         assert len(grid) <= 3, (name, grid)
         assert all(0 < n <= limit for n, limit in zip((*grid, 1, 1)[:3], _GRID_LIMITS, strict=True)), (name, grid)

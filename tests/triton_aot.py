@@ -73,6 +73,7 @@ def _with_unaligned(shapes):
 def variants():
     """(kernel, label, pointer dtypes, constexprs, sizes, num_warps) for the combinations the launchers use."""
     fwd_s, fwd_h, fwd_warps = k._GPU_FWD_BLOCKS
+    one_s, one_h, one_warps = k._GPU_FWD_ONE_PASS_BLOCKS
     bwd_s, bwd_h, bwd_warps = k._GPU_BWD_BLOCKS
     token_rows = (384, 383)
     for hidden, out, weight in [("fp32", "fp32", "fp32"), ("bf16", "bf16", "bf16"), ("fp16", "fp16", "fp32"),
@@ -81,8 +82,22 @@ def variants():
         ptrs = {"hidden_ptr": hidden, "weight_ptr": weight, "bias_ptr": weight, "start_ptr": out, "end_ptr": out}
         for S, has_bias in itertools.product(token_rows, (True, False)):
             yield (k._qa_logits_kernel, f"logits S={S} h={hidden} out={out} w={weight} bias={has_bias}", ptrs,
-                   {"HAS_BIAS": has_bias, "ROUND_INPUTS": round_inputs, "BLOCK_S": fwd_s, "BLOCK_H": fwd_h},
-                   {"S": S}, fwd_warps)  # fmt: skip
+                   {"HAS_BIAS": has_bias, "ROUND_INPUTS": round_inputs, "ONE_PASS": False, "BLOCK_S": fwd_s,
+                    "BLOCK_H": fwd_h}, {"S": S}, fwd_warps)  # fmt: skip
+        # The one-pass forward (its own blocks): the logits plus the weight gradient's partials.
+        for S, has_bias in itertools.product(token_rows, (True, False)):
+            yield (k._qa_logits_kernel, f"logits one_pass S={S} h={hidden} out={out} w={weight} bias={has_bias}",
+                   ptrs, {"HAS_BIAS": has_bias, "ROUND_INPUTS": round_inputs, "ONE_PASS": True, "BLOCK_S": one_s,
+                          "BLOCK_H": one_h}, {"S": S}, one_warps)  # fmt: skip
+        # Its combine kernel reads hidden (the target rows) and the partials; blocks as the launcher picks
+        # them, at SQuAD-like rows (NB = 12 partial rows per batch row) and long ones (NB = 128).
+        for (B, S), pos in itertools.product(_with_unaligned([(32, 384), (64, 4096)]), ("i64", "i32")):
+            nb = triton.cdiv(S, one_s)  # the one-pass forward's programs per row (its GPU blocks)
+            block_b, block_c, block_h, warps = k._combine_blocks(B, nb, 1024)
+            yield (k._qa_one_pass_combine_kernel, f"combine B={B} S={S} NB={nb} h={hidden} out={out} pos={pos}",
+                   {"hidden_ptr": hidden, "start_ptr": out, "start_pos_ptr": pos, "end_pos_ptr": pos},
+                   {"ROUND_INPUTS": round_inputs, "BLOCK_B": block_b, "BLOCK_C": block_c, "BLOCK_H": block_h},
+                   {"B": B, "S": S, "NB": nb}, warps)  # fmt: skip
         bwd_ptrs = {**ptrs, "grad_start_ptr": "fp32", "grad_end_ptr": "fp32", "grad_loss_ptr": "fp32",
                     "start_pos_ptr": "i64", "end_pos_ptr": "i64", "grad_hidden_ptr": hidden}  # fmt: skip
         names = ("HAS_GRAD_START", "HAS_GRAD_END", "HAS_GRAD_LOSS", "WRITE_GRAD_HIDDEN", "WRITE_PARTIAL_W",

@@ -1,19 +1,25 @@
 """Triton kernels for the fused QA head, and the launchers that allocate outputs and pick blocks.
 
-Forward (2 launches):
+Forward (2 launches; 3 with one_pass):
   _qa_logits_kernel   one pass over hidden: both logits of each token, written straight into the
-                      two (B, S) outputs (no (B, S, 2) intermediate, no split copy).
+                      two (B, S) outputs (no (B, S, 2) intermediate, no split copy). ONE_PASS: also
+                      each block's share of the loss's weight gradient, from the tile it has just
+                      read (a block-local softmax max and exp-weighted sum of hidden's rows, fp32).
   _qa_loss_kernel     one program: per-row logsumexp in fp32 (online over S), clamp/ignore of the
                       positions, the mean (or sum / num_items) per side, the loss, and the per-side
                       gradient scale for the backward. Everything stays on the device.
+  _qa_one_pass_combine_kernel  (one_pass) rescales the blocks' shares by exp(block max - lse),
+                      subtracts the target rows and scales: grad_weight_loss, in a fixed order.
 Backward (2 launches):
   _qa_head_bwd_kernel d_logits from the saved logits, then one pass over H that writes grad_hidden
                       and per-block fp32 partials of grad_weight / grad_bias.
   _qa_reduce_kernel   sums the partials in a fixed order: deterministic, no float atomics.
 
-Bytes that must move (the floor): forward reads hidden once; backward reads hidden once more (for
-grad_weight; in training it often hits L2, the forward having just read it) and writes grad_hidden
-once. Everything else is O(B * S) or O(H).
+Bytes that must move (the floor): forward reads hidden once; backward writes grad_hidden once and,
+two-pass, reads hidden once more (for grad_weight; in training it often hits L2, the forward having
+just read it). One pass (op.py: only the loss is differentiated), the forward's weight gradient
+spares that second read. Everything else is O(B * S) or O(H), but for the fp32 partials of the
+weight gradients: 2 * 4 * H bytes per 32 tokens, an eighth of a bf16 hidden, written and read once.
 """
 
 from __future__ import annotations
@@ -37,8 +43,17 @@ from ..._env import triton_interpreter_on
 # S % 16 == 0 hint Triton 3.9 spilled 8 bytes (bf16, logit gradients, no loss: 128 registers; 8 warps
 # spilled on 3.6 and 3.9 too); at 16 it uses at most 86, no stack, on both. Not yet tuned on hardware.
 # ----------------------------------------------------------------------------------------------
+# The one-pass forward takes the backward's BLOCK_S = 32 (its partials: 2 * 4 * H bytes per program,
+# an eighth of the bf16 tile it reads; BLOCK_S = 16 would double them) and keeps the forward's
+# BLOCK_H = 256, over 16 warps: the tile's split over threads and warps along H is then the plain
+# forward's (the layouts of Triton 3.6 and 3.9: 4 or 8 elements a thread, 32 threads, 2 or 1 warps
+# along H), so the same per-token reduction order and the same logits, as far as the layouts tell
+# (not run on a GPU). At 8 warps Triton 3.6 spilled (fp32 hidden under bf16 autocast, S = 383: 128
+# registers, 16 bytes; 8 bytes at the plain forward's (16, 256, 4)); at 16 it uses 52-92 registers on
+# 3.6, 54-64 on 3.9, no stack. (32, 128, 8) was clean too (at most 62), but with another BLOCK_H.
 #                      (BLOCK_S, BLOCK_H, num_warps)
 _GPU_FWD_BLOCKS = (16, 256, 4)
+_GPU_FWD_ONE_PASS_BLOCKS = (32, 256, 16)
 _GPU_BWD_BLOCKS = (32, 256, 16)
 _INTERPRETER_TOKEN_BLOCKS = (256, 1024, 1)
 # The loss kernel (one program, latency-bound) takes 4096 logits per step (BLOCK_B x BLOCK_S: 8 x 512
@@ -50,6 +65,13 @@ _GPU_LOSS_WARPS = 32
 _INTERPRETER_LOSS_TILE = 1 << 16
 _GPU_REDUCE_BLOCKS = (64, 32)  # (BLOCK_P, BLOCK_H): narrow in H so that H / 32 programs share the reduction
 _INTERPRETER_REDUCE_BLOCKS = (256, 1024)
+# The combine kernel (one program per 8 columns of H: 128 at H = 1024, each reading 32-byte pieces of
+# the partial rows) takes 256 partial rows per step (BLOCK_B x BLOCK_C: 16 x 16 at S = 384, so B = 32
+# is 2 steps; 2 x 128 at S = 4096) over 8 warps: 103-127 registers on 3.9, 111-115 on 3.6, no stack.
+# At 4 warps 3.9 spilled 16 bytes (168 registers); 16 columns at 4 warps (128 rows) used 160-166.
+#                      (rows per step = BLOCK_B x BLOCK_C, BLOCK_H, num_warps)
+_GPU_COMBINE_BLOCKS = (256, 8, 8)
+_INTERPRETER_COMBINE_BLOCKS = (1 << 10, 1024, 1)
 
 
 def _pow2(n: int, cap: int) -> int:
@@ -63,6 +85,14 @@ def _loss_blocks(B: int, S: int) -> tuple[int, int, int]:
     tile = _INTERPRETER_LOSS_TILE if interpret else _GPU_LOSS_TILE
     block_s = _pow2(S, tile)
     return _pow2(B, max(1, tile // block_s)), block_s, 1 if interpret else _GPU_LOSS_WARPS
+
+
+def _combine_blocks(B: int, NB: int, H: int) -> tuple[int, int, int, int]:
+    """(BLOCK_B, BLOCK_C, BLOCK_H, num_warps) of the one-pass combine kernel: all of a row's NB partial
+    rows per step when they fit, and as many batch rows as fill the step."""
+    rows, block_h, warps = _INTERPRETER_COMBINE_BLOCKS if triton_interpreter_on() else _GPU_COMBINE_BLOCKS
+    block_c = _pow2(NB, rows)
+    return _pow2(B, max(1, rows // block_c)), block_c, _pow2(H, block_h), warps
 
 
 def _token_blocks(S: int, H: int, gpu_blocks: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -104,10 +134,10 @@ def _token_block_ids():
 
 @triton.jit
 def _qa_logits_kernel(
-    hidden_ptr, weight_ptr, bias_ptr, start_ptr, end_ptr,  # pointers
+    hidden_ptr, weight_ptr, bias_ptr, start_ptr, end_ptr, partial_ptr, max_ptr,  # pointers
     S, H,  # sizes
     stride_hb, stride_hs, stride_hh, stride_wk, stride_wh, stride_bias,  # strides
-    HAS_BIAS: tl.constexpr, ROUND_INPUTS: tl.constexpr,  # meta
+    HAS_BIAS: tl.constexpr, ROUND_INPUTS: tl.constexpr, ONE_PASS: tl.constexpr,  # meta
     BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
     # start[b, s] = sum_h hidden[b, s, h] * weight[0, h] + bias[0]   (fp32 accumulation)
@@ -115,7 +145,7 @@ def _qa_logits_kernel(
     # ROUND_INPUTS (autocast): inputs are first rounded to the output dtype, as nn.Linear's
     # autocast casts would round them, without materializing the cast copy of hidden.
     out_ty = start_ptr.dtype.element_ty
-    pid_b, pid_s, _ = _token_block_ids()
+    pid_b, pid_s, block = _token_block_ids()  # block: this program's row in the partials (ONE_PASS)
     offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
     mask_s = offs_s < S
     rows = hidden_ptr + pid_b * stride_hb + offs_s.to(tl.int64)[:, None] * stride_hs
@@ -141,8 +171,40 @@ def _qa_logits_kernel(
         acc_start += b0.to(tl.float32)
         acc_end += b1.to(tl.float32)
     out = pid_b * S + offs_s
-    tl.store(start_ptr + out, acc_start.to(out_ty), mask=mask_s)
-    tl.store(end_ptr + out, acc_end.to(out_ty), mask=mask_s)
+    start = acc_start.to(out_ty)
+    end = acc_end.to(out_ty)
+    tl.store(start_ptr + out, start, mask=mask_s)
+    tl.store(end_ptr + out, end, mask=mask_s)
+
+    if ONE_PASS:
+        # The block's share of grad_weight_loss (op.py), finished by _qa_one_pass_combine_kernel:
+        #   m[p, k]          = max_{s in block p} x_k[b, s]    (the stored, rounded logits)
+        #   partial[p, k, :] = sum_{s in block p} exp(x_k[b, s] - m[p, k]) * hidden[b, s, :]
+        # so that softmax_k[b, s] = exp(x - m) * exp(m - lse), both factors <= 1 whatever the logits.
+        # Tokens past S are -inf. A block whose logits are all -inf (or that lies past S) shifts by
+        # 0, not by -inf (-inf - -inf is NaN): its weights are 0, and with them its partial.
+        x_start = tl.where(mask_s, start.to(tl.float32), float("-inf"))
+        x_end = tl.where(mask_s, end.to(tl.float32), float("-inf"))
+        m_start = tl.max(x_start, axis=0)
+        m_end = tl.max(x_end, axis=0)
+        e_start = tl.exp(x_start - tl.where(m_start == float("-inf"), 0.0, m_start))
+        e_end = tl.exp(x_end - tl.where(m_end == float("-inf"), 0.0, m_end))
+        tl.store(max_ptr + block * 2, m_start)
+        tl.store(max_ptr + block * 2 + 1, m_end)
+        # The same tile again, read from cache, not DRAM: this program has just read it, and the H
+        # blocks go in reverse, the most recently read (most likely still in L1) first.
+        part = partial_ptr + block * 2 * H
+        num_h = tl.cdiv(H, BLOCK_H)
+        for i in range(0, num_h):
+            offs_h = (num_h - 1 - i) * BLOCK_H + tl.arange(0, BLOCK_H)
+            mask_h = offs_h < H
+            x = tl.load(rows + offs_h.to(tl.int64)[None, :] * stride_hh,
+                        mask=mask_s[:, None] & mask_h[None, :], other=0.0)  # fmt: skip
+            if ROUND_INPUTS:
+                x = x.to(out_ty)
+            x = x.to(tl.float32)
+            tl.store(part + offs_h, tl.sum(x * e_start[:, None], axis=0), mask=mask_h)
+            tl.store(part + H + offs_h, tl.sum(x * e_end[:, None], axis=0), mask=mask_h)
 
 
 @triton.jit
@@ -224,6 +286,70 @@ def _qa_loss_kernel(
     tl.store(loss_ptr, loss)
     tl.store(scale_ptr, 0.5 / denom_s)
     tl.store(scale_ptr + 1, 0.5 / denom_e)
+
+
+@triton.jit
+def _qa_one_pass_combine_kernel(
+    partial_ptr, max_ptr, lse_ptr, scale_ptr, start_pos_ptr, end_pos_ptr,  # pointers (inputs)
+    hidden_ptr, start_ptr, grad_w_ptr,  # pointers (start_ptr: only its dtype is read; output)
+    B, S, H, NB,  # sizes (NB: partial rows per batch row)
+    stride_hb, stride_hs, stride_hh, stride_sp, stride_ep,  # strides
+    ROUND_INPUTS: tl.constexpr,  # meta
+    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    # grad_weight_loss[k, :] = scale_k * sum_{valid b} (sum_c exp(m[b, c, k] - lse[b, k]) * partial[b, c, k, :]
+    #                                                    - hidden[b, target_k[b], :])
+    # per row first (its two terms nearly cancel once the model is trained), then over rows; 0 for a
+    # side with no valid row (tl.where, not a product: its scale is inf). Ignored rows and rows past
+    # B go through tl.where too (a +inf logit puts NaN into a row's partials and lse), and so do the
+    # factors of blocks past NB (their -inf max less a -inf lse would be NaN).
+    # The same order every call (BLOCK_B rows, then BLOCK_C blocks a step, each step's sums a fixed
+    # tree): bitwise deterministic, no atomics.
+    out_ty = start_ptr.dtype.element_ty
+    offs_h = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask_h = offs_h < H
+    acc_start = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+    acc_end = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+    count_start = tl.zeros([BLOCK_B], dtype=tl.float32)
+    count_end = tl.zeros([BLOCK_B], dtype=tl.float32)
+    for bb in range(0, tl.cdiv(B, BLOCK_B)):
+        rows = (bb * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+        mask_b = rows < B
+        target_s, valid_s = _clamp_target(tl.load(start_pos_ptr + rows * stride_sp, mask=mask_b, other=0), S)
+        target_e, valid_e = _clamp_target(tl.load(end_pos_ptr + rows * stride_ep, mask=mask_b, other=0), S)
+        valid_s = valid_s & mask_b
+        valid_e = valid_e & mask_b
+        lse_s = tl.load(lse_ptr + rows * 2, mask=mask_b, other=0.0)
+        lse_e = tl.load(lse_ptr + rows * 2 + 1, mask=mask_b, other=0.0)
+        row_s = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+        row_e = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+        for cb in range(0, tl.cdiv(NB, BLOCK_C)):
+            offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+            blocks = rows[:, None] * NB + offs_c[None, :]  # (BLOCK_B, BLOCK_C) rows of the partials
+            mask_bc = mask_b[:, None] & (offs_c < NB)[None, :]
+            m_s = tl.load(max_ptr + blocks * 2, mask=mask_bc, other=float("-inf"))
+            m_e = tl.load(max_ptr + blocks * 2 + 1, mask=mask_bc, other=float("-inf"))
+            c_s = tl.where(mask_bc, tl.exp(m_s - lse_s[:, None]), 0.0)
+            c_e = tl.where(mask_bc, tl.exp(m_e - lse_e[:, None]), 0.0)
+            ptrs = partial_ptr + blocks[:, :, None] * 2 * H + offs_h[None, None, :]
+            mask = mask_bc[:, :, None] & mask_h[None, None, :]
+            p_s = tl.load(ptrs, mask=mask, other=0.0)
+            p_e = tl.load(ptrs + H, mask=mask, other=0.0)
+            row_s += tl.sum(p_s * c_s[:, :, None], axis=1)
+            row_e += tl.sum(p_e * c_e[:, :, None], axis=1)
+        at = hidden_ptr + rows[:, None] * stride_hb + offs_h.to(tl.int64)[None, :] * stride_hh
+        h_s = tl.load(at + target_s[:, None] * stride_hs, mask=valid_s[:, None] & mask_h[None, :], other=0.0)
+        h_e = tl.load(at + target_e[:, None] * stride_hs, mask=valid_e[:, None] & mask_h[None, :], other=0.0)
+        if ROUND_INPUTS:
+            h_s, h_e = h_s.to(out_ty), h_e.to(out_ty)
+        acc_start += tl.where(valid_s[:, None], row_s - h_s.to(tl.float32), 0.0)
+        acc_end += tl.where(valid_e[:, None], row_e - h_e.to(tl.float32), 0.0)
+        count_start += valid_s.to(tl.float32)
+        count_end += valid_e.to(tl.float32)
+    coef_s = tl.where(tl.sum(count_start, axis=0) > 0, tl.load(scale_ptr), 0.0)
+    coef_e = tl.where(tl.sum(count_end, axis=0) > 0, tl.load(scale_ptr + 1), 0.0)
+    tl.store(grad_w_ptr + offs_h, tl.sum(acc_start, axis=0) * coef_s, mask=mask_h)
+    tl.store(grad_w_ptr + H + offs_h, tl.sum(acc_end, axis=0) * coef_e, mask=mask_h)
 
 
 @triton.jit
@@ -358,27 +484,35 @@ def qa_head_fwd(
     num_items: Optional[Tensor],  # ()
     num_items_value: Optional[float],
     cast_dtype: Optional[torch.dtype],
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    one_pass: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     B, S, H = hidden.shape
+    device = hidden.device
     out_dtype = cast_dtype or hidden.dtype
-    start = torch.empty((B, S), dtype=out_dtype, device=hidden.device)
-    end = torch.empty((B, S), dtype=out_dtype, device=hidden.device)
-    block_s, block_h, warps = _token_blocks(S, H, _GPU_FWD_BLOCKS)
+    start = torch.empty((B, S), dtype=out_dtype, device=device)
+    end = torch.empty((B, S), dtype=out_dtype, device=device)
+    has_labels = start_positions is not None and end_positions is not None
+    one_pass = one_pass and has_labels  # grad_weight_loss is the loss's: none without labels
+    block_s, block_h, warps = _token_blocks(S, H, _GPU_FWD_ONE_PASS_BLOCKS if one_pass else _GPU_FWD_BLOCKS)
+    grid = _token_grid(B, S, block_s)
+    nb = grid[1] * grid[2]  # partial rows per batch row (one per program; the last few may lie past S)
+    partial = torch.empty((B, nb, 2, H) if one_pass else (0,), dtype=torch.float32, device=device)
+    maxes = torch.empty((B, nb, 2) if one_pass else (0,), dtype=torch.float32, device=device)
     if B > 0:
-        _qa_logits_kernel[_token_grid(B, S, block_s)](
-            hidden, weight, bias if bias is not None else weight, start, end,
+        _qa_logits_kernel[grid](
+            hidden, weight, bias if bias is not None else weight, start, end, partial, maxes,
             S, H,
             *hidden.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0,
-            HAS_BIAS=bias is not None, ROUND_INPUTS=cast_dtype is not None,
+            HAS_BIAS=bias is not None, ROUND_INPUTS=cast_dtype is not None, ONE_PASS=one_pass,
             BLOCK_S=block_s, BLOCK_H=block_h, num_warps=warps,
         )  # fmt: skip
+    empty = torch.empty((0,), dtype=torch.float32, device=device)
     if start_positions is None or end_positions is None:
-        empty = hidden.new_empty((0,), dtype=torch.float32)
-        return start, end, empty, empty.clone(), empty.clone()
+        return start, end, empty, empty.clone(), empty.clone(), empty.clone()
 
-    loss = torch.empty((), dtype=torch.float32, device=hidden.device)
-    lse = torch.empty((B, 2), dtype=torch.float32, device=hidden.device)
-    scale = torch.empty((2,), dtype=torch.float32, device=hidden.device)
+    loss = torch.empty((), dtype=torch.float32, device=device)
+    lse = torch.empty((B, 2), dtype=torch.float32, device=device)
+    scale = torch.empty((2,), dtype=torch.float32, device=device)
     block_b, block_s_loss, loss_warps = _loss_blocks(B, S)
     mode = 2 if num_items is not None else (1 if num_items_value is not None else 0)
     _qa_loss_kernel[(1,)](
@@ -388,7 +522,18 @@ def qa_head_fwd(
         start_positions.stride(0), end_positions.stride(0),
         NUM_ITEMS_MODE=mode, BLOCK_B=block_b, BLOCK_S=block_s_loss, num_warps=loss_warps,
     )  # fmt: skip
-    return start, end, loss, lse, scale
+    grad_weight_loss = empty.clone()
+    if one_pass:
+        grad_weight_loss = torch.empty((2, H), dtype=torch.float32, device=device)
+        block_b, block_c, block_h, warps = _combine_blocks(B, nb, H)
+        _qa_one_pass_combine_kernel[(triton.cdiv(H, block_h),)](
+            partial, maxes, lse, scale, start_positions, end_positions, hidden, start, grad_weight_loss,
+            B, S, H, nb,
+            *hidden.stride(), start_positions.stride(0), end_positions.stride(0),
+            ROUND_INPUTS=cast_dtype is not None,
+            BLOCK_B=block_b, BLOCK_C=block_c, BLOCK_H=block_h, num_warps=warps,
+        )  # fmt: skip
+    return start, end, loss, lse, scale, grad_weight_loss
 
 
 def qa_head_bwd(
