@@ -41,6 +41,12 @@ constexpr int64_t kRows = 4;          // token rows per backward micro-kernel ca
 // interleaved rows (eager F.linear: 2.6-2.9), bf16 1.9-2.1 against 2.3 ms; the backward is faster
 // with 4 (fp32 5.3 against 6.1-8.1 ms). The weights stay in L1 either way.
 constexpr int64_t kFwdRows = 1;
+// Token rows per call that adds softmax-weighted rows into the one-pass forward's running sums
+// (2 x H fp32, loaded and stored once per call): 16, so that those loads and stores are a quarter
+// of the rows' own. Measured (Intel Xeon VM, 2 threads, fp32 32x384x1024, cold, the forward op
+// alone): with 4 rows a call the one-pass forward took 2.98 ms against 2.23 without the sums; with
+// 16, 2.64 against 2.34. 16 bf16 rows of H = 1024 are 32 KiB, read back from L1 (fp32: from L2).
+constexpr int64_t kAddRows = 16;
 constexpr int64_t kLanes = 16;        // fp32 lanes per vector (one AVX-512 register; two AVX2 ones)
 constexpr int64_t kBlock = 2 * kLanes;  // elements per micro-kernel step: 2 vectors (1 bf16 load)
 constexpr int64_t kCacheLine = 64;    // bytes per software prefetch
@@ -170,34 +176,38 @@ QA_INLINE void dot2_rows_impl(const X* const* x_rows,  // kFwdRows pointers to r
   }
 }
 
-// The backward's per-row math, for r < kRows (w0, w1, pw0, pw1 in the rows' layout):
+// The backward's per-row math, for r < kN (kRows; kAddRows for the one-pass forward's sums, with d0,
+// d1 the softmax weights; w0, w1, pw0, pw1 in the rows' layout):
 //   kGradHidden   g[r][h] = d0[r] * w0[h] + d1[r] * w1[h]
-//   kGradWeight   pw0[h] += sum_r d0[r] * x[r][h],   pw1[h] += sum_r d1[r] * x[r][h]   (r ascending;
-//                 fp32 partials), the rows `next` prefetched alongside (see dot2_rows_impl)
+//   kGradWeight   pw0[h] += sum_r d0[r] * x[r][h],   pw1[h] += sum_r d1[r] * x[r][h]   (fp32 partials;
+//                 the even rows' and the odd rows' products summed apart, in row order, then
+//                 added: two FMA chains, not one of kN), the rows `next` prefetched alongside
+//                 (see dot2_rows_impl)
 // With both, in one sweep over h: each block's gradient written and its hidden read side by side.
 // Two sweeps one after the other (all of grad_hidden's, then all of grad_weight's) are slower:
 // measured on an Intel Xeon (AVX-512) VM, 32x384x1024, one thread, the backward alone, fp32 8.4
 // against 7.8 ms.
-template <bool kGradHidden, bool kGradWeight, typename X, typename G>
-QA_INLINE void grad_rows_impl(const X* const* x_rows,  // kRows pointers to rows of H elements
-                              G* const* g_rows,  // kRows pointers to gradient rows of H elements
-                              const X* const* next_rows,  // kRows rows the caller reads next
-                              const float* d0_rows, const float* d1_rows,  // (kRows,) each
+template <int64_t kN, bool kGradHidden, bool kGradWeight, typename X, typename G>
+QA_INLINE void grad_rows_impl(const X* const* x_rows,  // kN pointers to rows of H elements
+                              G* const* g_rows,  // kN pointers to gradient rows of H elements
+                              const X* const* next_rows,  // kN rows the caller reads next
+                              const float* d0_rows, const float* d1_rows,  // (kN,) each
                               const float* w0, const float* w1,  // (H,) each
                               float* pw0, float* pw1, int64_t H) {  // (H,) each
-  const X *x[kRows], *next[kRows];
-  G* g[kRows];
-  float d0[kRows], d1[kRows];
+  static_assert(kN >= 2 && kN % 2 == 0, "the even and odd rows are summed apart");
+  const X *x[kN], *next[kN];
+  G* g[kN];
+  float d0[kN], d1[kN];
   if constexpr (kGradWeight) {
-    std::copy(x_rows, x_rows + kRows, x);
-    std::copy(next_rows, next_rows + kRows, next);
+    std::copy(x_rows, x_rows + kN, x);
+    std::copy(next_rows, next_rows + kN, next);
   }
-  if constexpr (kGradHidden) std::copy(g_rows, g_rows + kRows, g);
-  std::copy(d0_rows, d0_rows + kRows, d0);
-  std::copy(d1_rows, d1_rows + kRows, d1);
+  if constexpr (kGradHidden) std::copy(g_rows, g_rows + kN, g);
+  std::copy(d0_rows, d0_rows + kN, d0);
+  std::copy(d1_rows, d1_rows + kN, d1);
   int64_t h = 0;
   for (; h + kBlock <= H; h += kBlock) {
-    vfloat v0[2], v1[2], p0[2], p1[2];
+    vfloat v0[2], v1[2], p0[2], p1[2], e0[2], e1[2], o0[2], o1[2];
     if constexpr (kGradHidden) {
       load_block(w0 + h, v0);
       load_block(w1 + h, v1);
@@ -206,7 +216,7 @@ QA_INLINE void grad_rows_impl(const X* const* x_rows,  // kRows pointers to rows
       load_block(pw0 + h, p0);
       load_block(pw1 + h, p1);
     }
-    for (int64_t r = 0; r < kRows; ++r) {
+    for (int64_t r = 0; r < kN; ++r) {
       vfloat xv[2];
       if constexpr (kGradWeight) {
         load_block(x[r] + h, xv);
@@ -216,20 +226,29 @@ QA_INLINE void grad_rows_impl(const X* const* x_rows,  // kRows pointers to rows
         const vfloat gv[2] = {d0[r] * v0[0] + d1[r] * v1[0], d0[r] * v0[1] + d1[r] * v1[1]};
         store_block(g[r] + h, gv);
       }
-      if constexpr (kGradWeight) {
+      if constexpr (kGradWeight) {  // even rows into e*, odd rows into o*
         for (int i = 0; i < 2; ++i) {
-          p0[i] += d0[r] * xv[i];
-          p1[i] += d1[r] * xv[i];
+          if (r % 2 == 0) {
+            e0[i] = r == 0 ? d0[r] * xv[i] : e0[i] + d0[r] * xv[i];
+            e1[i] = r == 0 ? d1[r] * xv[i] : e1[i] + d1[r] * xv[i];
+          } else {
+            o0[i] = r == 1 ? d0[r] * xv[i] : o0[i] + d0[r] * xv[i];
+            o1[i] = r == 1 ? d1[r] * xv[i] : o1[i] + d1[r] * xv[i];
+          }
         }
       }
     }
     if constexpr (kGradWeight) {
+      for (int i = 0; i < 2; ++i) {
+        p0[i] += e0[i] + o0[i];
+        p1[i] += e1[i] + o1[i];
+      }
       store_block(pw0 + h, p0);
       store_block(pw1 + h, p1);
     }
   }
   for (; h < H; ++h) {
-    for (int64_t r = 0; r < kRows; ++r) {
+    for (int64_t r = 0; r < kN; ++r) {
       if constexpr (kGradHidden) store_one(g[r] + h, d0[r] * w0[h] + d1[r] * w1[h]);
       if constexpr (kGradWeight) {
         pw0[h] += d0[r] * load_one(x[r] + h);
@@ -247,16 +266,20 @@ QA_INLINE void grad_rows_impl(const X* const* x_rows,  // kRows pointers to rows
   }                                                                                                      \
   QA_MULTIVERSION void grad_hidden_rows(X* const* g, const float* d0, const float* d1, const float* w0,  \
                                         const float* w1, int64_t H) {                                    \
-    grad_rows_impl<true, false, X, X>(nullptr, g, nullptr, d0, d1, w0, w1, nullptr, nullptr, H);         \
+    grad_rows_impl<kRows, true, false, X, X>(nullptr, g, nullptr, d0, d1, w0, w1, nullptr, nullptr, H);  \
   }                                                                                                      \
   QA_MULTIVERSION void grad_weight_rows(const X* const* x, const X* const* next, const float* d0,        \
                                         const float* d1, float* pw0, float* pw1, int64_t H) {            \
-    grad_rows_impl<false, true, X, X>(x, nullptr, next, d0, d1, nullptr, nullptr, pw0, pw1, H);          \
+    grad_rows_impl<kRows, false, true, X, X>(x, nullptr, next, d0, d1, nullptr, nullptr, pw0, pw1, H);   \
+  }                                                                                                      \
+  QA_MULTIVERSION void add_weighted_rows(const X* const* x, const X* const* next, const float* e0,       \
+                                         const float* e1, float* acc0, float* acc1, int64_t H) {         \
+    grad_rows_impl<kAddRows, false, true, X, X>(x, nullptr, next, e0, e1, nullptr, nullptr, acc0, acc1, H); \
   }                                                                                                      \
   QA_MULTIVERSION void grad_rows(const X* const* x, X* const* g, const X* const* next, const float* d0,  \
                                  const float* d1, const float* w0, const float* w1, float* pw0,          \
                                  float* pw1, int64_t H) {                                                \
-    grad_rows_impl<true, true>(x, g, next, d0, d1, w0, w1, pw0, pw1, H);                                 \
+    grad_rows_impl<kRows, true, true>(x, g, next, d0, d1, w0, w1, pw0, pw1, H);                          \
   }
 QA_MICRO_KERNELS(float)
 QA_MICRO_KERNELS(uint16_t)

@@ -178,7 +178,7 @@ float round_to_dtype(float x, at::ScalarType dtype) {
   }
 }
 
-// One step of the online softmax, for one side over a group of n <= kRows stored logits x: raises
+// One step of the online softmax, for one side over a group of n <= kAddRows stored logits x: raises
 // the running max m to cover them and sets e[r] = exp(x[r] - m) (0 for a -inf logit and for rows
 // past n, which the micro-kernels still see). Returns the factor exp(m_before - m) by which the
 // running weighted sum must be multiplied first (1 when the max did not grow).
@@ -187,7 +187,7 @@ float online_softmax_step(const float* x, int64_t n, float& m, float* e) {
   for (int64_t r = 0; r < n; ++r) m_new = std::max(m_new, x[r]);
   const float factor = m_new > m ? std::exp(m - m_new) : 1.f;
   m = m_new;
-  for (int64_t r = 0; r < kRows; ++r) {
+  for (int64_t r = 0; r < kAddRows; ++r) {
     e[r] = r < n && x[r] != -std::numeric_limits<float>::infinity() ? std::exp(x[r] - m) : 0.f;
   }
   return factor;
@@ -222,23 +222,24 @@ void forward_rows_cpu(const at::Tensor& hidden,  // (B, S, H)
     const float* wr = weights_for_rows<R>(w, H, w_storage);
     WorkQueue queue(B * items_per_row);
     at::parallel_for(0, queue.workers(), 1, [&](int64_t, int64_t) {
-      std::vector<float> scratch(rows_of.in_place() ? 0 : kRows * H);
+      std::vector<float> scratch(rows_of.in_place() ? 0 : kAddRows * H);
       std::vector<float> acc(partials != nullptr ? 2 * H : 0);  // the item's sums, in the rows' layout
-      const R* rows[2 * kRows];  // this group's rows, then the next group's (to prefetch)
-      float x0[kRows], x1[kRows], e0[kRows], e1[kRows];
+      const R* rows[2 * kAddRows];  // this group's rows, then the next group's (to prefetch)
+      float x0[kAddRows], x1[kAddRows], e0[kAddRows], e1[kAddRows];
       for (int64_t item; queue.pop(item);) {
         const int64_t b = item / items_per_row;
         const int64_t t_begin = b * S + (item % items_per_row) * kChunkRows;
         const int64_t t_end = std::min(b * S + S, t_begin + kChunkRows);
         float m0 = -std::numeric_limits<float>::infinity(), m1 = m0;
         std::fill(acc.begin(), acc.end(), 0.f);
-        for (int64_t t0 = t_begin; t0 < t_end; t0 += kRows) {
-          const int64_t n = std::min(kRows, t_end - t0);
-          rows_of.template get<kRows>(t0, n, scratch.data(), rows);
-          if (rows_of.in_place() && t0 + kRows < t_end) {
-            rows_of.template get<kRows>(t0 + kRows, std::min(kRows, t_end - t0 - kRows), nullptr, rows + kRows);
+        for (int64_t t0 = t_begin; t0 < t_end; t0 += kAddRows) {
+          const int64_t n = std::min(kAddRows, t_end - t0);
+          rows_of.template get<kAddRows>(t0, n, scratch.data(), rows);
+          if (rows_of.in_place() && t0 + kAddRows < t_end) {
+            rows_of.template get<kAddRows>(t0 + kAddRows, std::min(kAddRows, t_end - t0 - kAddRows), nullptr,
+                                           rows + kAddRows);
           } else {  // scratch rows are in cache already
-            std::copy(rows, rows + kRows, rows + kRows);
+            std::copy(rows, rows + kAddRows, rows + kAddRows);
           }
           for (int64_t r = 0; r < n; ++r) {  // in memory order, each row prefetching the next
             dot2_rows(rows + r, rows + r + 1, wr, wr + H, H, x0 + r, x1 + r);
@@ -251,9 +252,8 @@ void forward_rows_cpu(const at::Tensor& hidden,  // (B, S, H)
           const float f0 = online_softmax_step(x0, n, m0, e0), f1 = online_softmax_step(x1, n, m1, e1);
           if (f0 != 1.f) scale_row(acc.data(), f0, H);
           if (f1 != 1.f) scale_row(acc.data() + H, f1, H);
-          // The rows come from L1; the next group's are prefetched meanwhile, so that the stream
-          // from memory does not pause while the sums are added.
-          grad_weight_rows(rows, rows + kRows, e0, e1, acc.data(), acc.data() + H, H);
+          // The group's rows again, from cache; the next group's are prefetched meanwhile.
+          add_weighted_rows(rows, rows + kAddRows, e0, e1, acc.data(), acc.data() + H, H);
         }
         if (partials == nullptr) continue;
         partials->max[2 * item] = m0;

@@ -31,6 +31,7 @@ def qa_head_fwd(
         # The CUDA C++ kernels have no one-pass forward (they have never run on a GPU, and a port
         # would be written blind): the weight's gradient comes from the torch operators, reading
         # hidden a second time, as their two-pass backward would.
+        assert start_positions is not None and end_positions is not None  # lse is empty without labels
         gwl = torch_impl.grad_weight_loss(
             hidden, weight, cast_dtype, start, end, lse, scale, start_positions, end_positions
         )
