@@ -19,6 +19,7 @@ from typing import Optional
 
 def _add_bench(sub) -> None:
     from .bench import SUITES
+    from .bench.answer import BATCH_SIZES, ENV_VAR, MODELS, ROUNDS, TOP_K
 
     def per_suite(describe) -> str:
         return "; ".join(f"{name}: {describe(suite)}" for name, suite in SUITES.items())
@@ -36,7 +37,8 @@ def _add_bench(sub) -> None:
     bench.set_defaults(subparser=bench)  # its usage in the errors about its options
     bench.add_argument(
         "--suite", choices=list(SUITES), default="head",
-        help="what to benchmark: head (the QA head) or spans (span decoding; default: head)",
+        help="what to benchmark: head (the QA head), spans (span decoding) or answer (QuestionAnswerer against "
+        "the question-answering pipeline, end to end; its own options below) (default: head)",
     )  # fmt: skip
     bench.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available, else cpu")
     bench.add_argument(
@@ -69,6 +71,30 @@ def _add_bench(sub) -> None:
     bench.add_argument("--threads", type=int, metavar="N", help="CPU: torch's intra-op threads (default: torch's)")
     bench.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    answer = bench.add_argument_group(
+        "answer suite", "N examples through each provider at each batch size; --shapes NxS: N examples, S "
+        "tokens per feature (stride S // 3); no --warmup-ms, --rep-ms or --plot",
+    )  # fmt: skip
+    answer.add_argument(
+        "--batch-sizes", nargs="+", type=int, metavar="B",
+        help=f"features per forward pass, each provider at each (default: {' '.join(map(str, BATCH_SIZES))})",
+    )  # fmt: skip
+    answer.add_argument("--model", choices=list(MODELS), help="the random-init BERT's size (default: small)")
+    answer.add_argument(
+        "--rounds",
+        type=int,
+        metavar="N",
+        help=f"timed passes per provider and batch size, interleaved (default: {ROUNDS})",
+    )
+    answer.add_argument("--top-k", type=int, metavar="K", help=f"answers per example (default: {TOP_K})")
+    answer.add_argument(
+        "--pipeline-python", metavar="PATH",
+        help=f"a Python with transformers 4.x, which runs the pipeline (default: ${ENV_VAR}, else this one if its "
+        "transformers is 4.x; without one the comparison is skipped, saying why)",
+    )  # fmt: skip
+
+
+ANSWER_OPTIONS = ("batch_sizes", "model", "rounds", "top_k", "pipeline_python")
 
 
 BENCH_HELP = "time eager, torch.compile, transformers and qa_kernels' kernels here; table, CSV, plot"
@@ -127,6 +153,13 @@ def _bench(args: argparse.Namespace, command: str) -> int:
     from . import bench
 
     parser = args.subparser
+    if args.suite == "answer":
+        from .bench.answer import bench_command
+
+        return bench_command(args, command)
+    for option in ANSWER_OPTIONS:
+        if getattr(args, option) is not None:
+            parser.error(f"--{option.replace('_', '-')}: only with --suite answer")
     suite = bench.SUITES[args.suite]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
