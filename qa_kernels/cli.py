@@ -124,33 +124,12 @@ def _parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_shape(text: str, suite) -> tuple[int, ...]:
-    if text in suite.presets:
-        return suite.presets[text]
-    parts = text.lower().split("x")
-    if len(parts) == len(suite.dims) and all(p.isdigit() and int(p) > 0 for p in parts):
-        return tuple(int(p) for p in parts)
-    example = "x".join(str(n) for n in next(iter(suite.presets.values())))
-    raise ValueError(
-        f"{text!r} is neither {'x'.join(suite.dims)} ({len(suite.dims)} positive integers, e.g. {example}) "
-        f"nor a preset ({', '.join(suite.presets)})"
-    )
-
-
-def _choose(parser, option: str, given: Optional[list[str]], allowed: tuple[str, ...], default: list[str]):
-    """The values given for ``option`` (each checked against ``allowed``, duplicates dropped) or the default."""
-    if given is None:
-        return default
-    for value in given:
-        if value not in allowed:
-            parser.error(f"{option}: {value!r} is not one of {', '.join(allowed)}")
-    return list(dict.fromkeys(given))
-
-
 def _bench(args: argparse.Namespace, command: str) -> int:
     import torch
 
     from . import bench
+    from .bench.harness import choose_values as _choose
+    from .bench.harness import parse_shape as _parse_shape
 
     parser = args.subparser
     if args.suite == "answer":

@@ -788,7 +788,8 @@ def bench_command(args: Any, command: str) -> int:
     import torch
 
     from .. import bench
-    from ..cli import _choose, _parse_shape
+    from .harness import choose_values as _choose
+    from .harness import parse_shape as _parse_shape
 
     parser = args.subparser
     suite = bench.SUITES["answer"]

@@ -499,3 +499,28 @@ def plot(rows: Sequence[dict], path: str, suite: Suite, metric: str = "gbps", ti
         fig.suptitle(title, fontsize="medium")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
+
+
+# The command line's option checks, shared by the suites' commands (qa_kernels/cli.py, answer.py).
+def parse_shape(text: str, suite) -> tuple[int, ...]:
+    """A --shapes value: the suite's dimensions joined by x, or one of its presets (ValueError otherwise)."""
+    if text in suite.presets:
+        return suite.presets[text]
+    parts = text.lower().split("x")
+    if len(parts) == len(suite.dims) and all(p.isdigit() and int(p) > 0 for p in parts):
+        return tuple(int(p) for p in parts)
+    example = "x".join(str(n) for n in next(iter(suite.presets.values())))
+    raise ValueError(
+        f"{text!r} is neither {'x'.join(suite.dims)} ({len(suite.dims)} positive integers, e.g. {example}) "
+        f"nor a preset ({', '.join(suite.presets)})"
+    )
+
+
+def choose_values(parser, option: str, given: Optional[list[str]], allowed: tuple[str, ...], default: list[str]):
+    """The values given for ``option`` (each checked against ``allowed``, duplicates dropped) or the default."""
+    if given is None:
+        return default
+    for value in given:
+        if value not in allowed:
+            parser.error(f"{option}: {value!r} is not one of {', '.join(allowed)}")
+    return list(dict.fromkeys(given))
