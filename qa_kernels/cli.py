@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import os
 import shlex
 import sys
 from typing import Optional
@@ -183,10 +182,7 @@ def _bench(args: argparse.Namespace, command: str) -> int:
 
     torch.manual_seed(args.seed)
     env = bench.environment(device)
-    cores = os.cpu_count() or 1
-    if env.load_avg > cores:
-        print(f"warning: the load average is {env.load_avg:.1f} on {cores} cores: other work competes with "
-              "the timings; read them as noisy", file=sys.stderr)  # fmt: skip
+    bench.warn_if_loaded(env)
     rows: list[dict] = []
     interrupted = False
     try:

@@ -24,6 +24,7 @@ from .harness import (
     noisy_rows,
     plot,
     read_csv,
+    warn_if_loaded,
     write_csv,
 )
 from .head import HeadSuite
@@ -43,5 +44,6 @@ __all__ = [
     "noisy_rows",
     "plot",
     "read_csv",
+    "warn_if_loaded",
     "write_csv",
 ]

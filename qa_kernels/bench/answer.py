@@ -837,10 +837,7 @@ def bench_command(args: Any, command: str) -> int:
         torch.set_num_threads(args.threads)
 
     env = bench.environment(device)
-    cores = os.cpu_count() or 1
-    if env.load_avg > cores:
-        print(f"warning: the load average is {env.load_avg:.1f} on {cores} cores: other work competes with "
-              "the timings; read them as noisy", file=sys.stderr)  # fmt: skip
+    bench.warn_if_loaded(env)
     notes: list[str] = []
     try:
         rows = run(

@@ -25,6 +25,7 @@ import math
 import os
 import platform
 import re
+import sys
 import time
 import timeit
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -524,3 +525,12 @@ def choose_values(parser, option: str, given: Optional[list[str]], allowed: tupl
         if value not in allowed:
             parser.error(f"{option}: {value!r} is not one of {', '.join(allowed)}")
     return list(dict.fromkeys(given))
+
+
+def warn_if_loaded(env: Environment) -> None:
+    """A warning on stderr when the load average exceeds the core count: other work competes with
+    the timings."""
+    cores = os.cpu_count() or 1
+    if env.load_avg > cores:
+        print(f"warning: the load average is {env.load_avg:.1f} on {cores} cores: other work competes with "
+              "the timings; read them as noisy", file=sys.stderr)  # fmt: skip
