@@ -1,12 +1,18 @@
 // CUDA kernels of the fused QA head (registered for the CUDA key of qa_kernels_native::qa_head_*).
 // A hand-written peer of the Triton kernels (qa_kernels/ops/qa_head/triton_impl.py), same math, same passes:
 //
-// Forward (2 launches):
+// Forward (2 launches; 3 with one_pass):
 //   logits_kernel    one warp per token row: both dot products over H, written to the two (B, S)
 //                    outputs in their dtype.
+//   one_pass_logits_kernel   (one_pass, instead of logits_kernel) one block per (b, kOnePassRows
+//                    rows): the same per-row dot products, then the block's softmax-weighted sum of
+//                    its rows (fp32 partials, shifted by the block's max), re-reading the tile it
+//                    just read (from L1/L2).
 //   loss_kernel      one block: per-row logsumexp (fp32, from the stored logits), clamp/ignore, the
 //                    per-side mean (or sum / num_items), the loss and the gradient scale. The row
 //                    sums go warp by warp in a fixed order: deterministic, no host sync.
+//   one_pass_combine_kernel  (one_pass) the partials rescaled by exp(max - lse), minus the target
+//                    rows, over valid rows in a fixed order, times the scale: d loss / d weight.
 // Backward (3 launches):
 //   bwd_kernel       one block per (b, kBwdRows rows): d_logits for its rows (shared memory), then
 //                    one pass over H writing grad_hidden and fp32 partials of grad_weight / grad_bias.
@@ -39,6 +45,9 @@ constexpr int kLossWarps = 16;     // warps of the single loss block
 constexpr int kBwdRows = 32;       // token rows per backward block (one partial each)
 constexpr int kBwdThreads = 256;   // threads of a backward block, striding over H
 constexpr int kReduceThreads = 256;
+constexpr int kOnePassRows = 32;      // token rows per one-pass logits block (one partial each)
+constexpr int kOnePassThreads = 256;  // its 8 warps take 4 rows each, then stride over H together
+constexpr int kCombineWarps = 8;      // a combine block: 32 columns (a lane each) x 8 warps over rows
 
 // Full-warp butterfly sum: the same order in every call (deterministic).
 __device__ __forceinline__ float warp_sum(float v) {
@@ -68,6 +77,29 @@ __device__ __forceinline__ int64_t clamp_target(int64_t pos, int64_t S) {
 
 // start[t] = sum_h round(hidden[t, h]) * w[0, h] + bias[0];  end[t] likewise with w[1], bias[1]
 // (t = b * S + s; fp32 accumulation; w and bias already rounded to the mm dtype, fp32).
+// One token row's two logits, as one warp computes them (lanes stride over H, then a butterfly
+// sum): both logits kernels call this, so the one-pass forward's logits are bitwise the plain one's.
+// Every lane returns the full sums.
+template <typename out_t, typename scalar_t>
+__device__ __forceinline__ float2 row_logits(const scalar_t* __restrict__ row,  // (H,) strided
+                                             const float* __restrict__ w,       // (2, H) fp32
+                                             const float* __restrict__ bias,    // (2,) fp32, or nullptr
+                                             int64_t H, int64_t stride_h, int lane) {
+  float acc0 = 0.f, acc1 = 0.f;
+  for (int64_t h = lane; h < H; h += kWarp) {
+    const float x = rounded<out_t>(row[h * stride_h]);
+    acc0 = fmaf(x, w[h], acc0);
+    acc1 = fmaf(x, w[H + h], acc1);
+  }
+  acc0 = warp_sum(acc0);
+  acc1 = warp_sum(acc1);
+  if (bias != nullptr) {
+    acc0 += bias[0];
+    acc1 += bias[1];
+  }
+  return make_float2(acc0, acc1);
+}
+
 template <typename scalar_t, typename out_t>
 __global__ void logits_kernel(const scalar_t* __restrict__ hidden,  // (B, S, H) strided
                               const float* __restrict__ w,          // (2, H) fp32 contiguous
@@ -78,22 +110,80 @@ __global__ void logits_kernel(const scalar_t* __restrict__ hidden,  // (B, S, H)
   const int64_t t = static_cast<int64_t>(blockIdx.x) * kLogitsWarps + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (t >= N) return;  // whole warps leave together
-  const scalar_t* row = hidden + (t / S) * stride_b + (t % S) * stride_s;
-  float acc0 = 0.f, acc1 = 0.f;
-  for (int64_t h = lane; h < H; h += kWarp) {
-    const float x = rounded<out_t>(row[h * stride_h]);
-    acc0 = fmaf(x, w[h], acc0);
-    acc1 = fmaf(x, w[H + h], acc1);
-  }
-  acc0 = warp_sum(acc0);
-  acc1 = warp_sum(acc1);
+  const float2 x = row_logits<out_t>(hidden + (t / S) * stride_b + (t % S) * stride_s, w, bias, H, stride_h, lane);
   if (lane == 0) {
-    if (bias != nullptr) {
-      acc0 += bias[0];
-      acc1 += bias[1];
+    start[t] = static_cast<out_t>(x.x);
+    end[t] = static_cast<out_t>(x.y);
+  }
+}
+
+// The one-pass forward (one_pass with labels). Block (b, j) owns rows s in
+// [j * kOnePassRows, (j + 1) * kOnePassRows) of batch row b; p = b * gridDim.y + j. Per side k:
+//   x_k[s]          the logits, as logits_kernel computes and stores them (x_k is the stored value)
+//   m[p, k]         = max_s x_k[s] over the block's rows; 0 when that is -inf (then every e is 0)
+//   acc[p, k, h]    = sum_s exp(x_k[s] - m[p, k]) * round(hidden[b, s, h])        (s ascending)
+// so that sum_p exp(m[p, k] - lse[b, k]) * acc[p, k] = sum_s softmax_k[b, s] * hidden[b, s] once
+// lse is known (one_pass_combine_kernel). A +inf or NaN logit makes its block's partials NaN, as
+// the eager loss and gradients are.
+template <typename scalar_t, typename out_t>
+__global__ void one_pass_logits_kernel(const scalar_t* __restrict__ hidden,  // (B, S, H) strided
+                                       const float* __restrict__ w,          // (2, H) fp32 contiguous
+                                       const float* __restrict__ bias,       // (2,) fp32, or nullptr
+                                       out_t* __restrict__ start, out_t* __restrict__ end,  // (B, S) each
+                                       float* __restrict__ partial_max,      // (P, 2)
+                                       float* __restrict__ partial_acc,      // (P, 2, H)
+                                       int64_t S, int64_t H,  // sizes
+                                       int64_t stride_b, int64_t stride_s, int64_t stride_h) {  // strides
+  __shared__ float e[2][kOnePassRows];  // the logits, then exp(x - m)
+  __shared__ float block_max[2];
+  const int64_t b = blockIdx.x;
+  const int64_t s0 = static_cast<int64_t>(blockIdx.y) * kOnePassRows;
+  const int64_t p = b * gridDim.y + blockIdx.y;
+  const int rows = static_cast<int>(S - s0 < kOnePassRows ? S - s0 : kOnePassRows);
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const scalar_t* x_rows = hidden + b * stride_b + s0 * stride_s;
+
+  for (int r = warp; r < kOnePassRows; r += kOnePassThreads / kWarp) {
+    float x0 = -INFINITY, x1 = -INFINITY;  // rows past S: weight exp(-inf) = 0
+    if (r < rows) {
+      const float2 x = row_logits<out_t>(x_rows + r * stride_s, w, bias, H, stride_h, lane);
+      const out_t l0 = static_cast<out_t>(x.x), l1 = static_cast<out_t>(x.y);
+      if (lane == 0) {
+        start[b * S + s0 + r] = l0;
+        end[b * S + s0 + r] = l1;
+      }
+      x0 = static_cast<float>(l0);
+      x1 = static_cast<float>(l1);
     }
-    start[t] = static_cast<out_t>(acc0);
-    end[t] = static_cast<out_t>(acc1);
+    if (lane == 0) {
+      e[0][r] = x0;
+      e[1][r] = x1;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x < 2) {
+    float m = -INFINITY;
+    for (int r = 0; r < rows; ++r) m = fmaxf(m, e[threadIdx.x][r]);
+    if (m == -INFINITY) m = 0.f;  // every logit -inf: shift by 0, so that exp(-inf - m) = 0, not NaN
+    block_max[threadIdx.x] = m;
+    partial_max[p * 2 + threadIdx.x] = m;
+  }
+  __syncthreads();
+  if (threadIdx.x < 2 * kOnePassRows) {
+    const int k = threadIdx.x / kOnePassRows, r = threadIdx.x % kOnePassRows;
+    e[k][r] = expf(e[k][r] - block_max[k]);
+  }
+  __syncthreads();
+  // The second sweep over the tile the warps just read (kOnePassRows x H): from L1/L2, not DRAM.
+  for (int64_t h = threadIdx.x; h < H; h += kOnePassThreads) {
+    float acc0 = 0.f, acc1 = 0.f;
+    for (int r = 0; r < rows; ++r) {
+      const float x = rounded<out_t>(x_rows[r * stride_s + h * stride_h]);
+      acc0 = fmaf(e[0][r], x, acc0);
+      acc1 = fmaf(e[1][r], x, acc1);
+    }
+    partial_acc[(p * 2) * H + h] = acc0;
+    partial_acc[(p * 2 + 1) * H + h] = acc1;
   }
 }
 
@@ -153,6 +243,56 @@ __global__ void loss_kernel(const out_t* __restrict__ start, const out_t* __rest
       scale[k] = 0.5f / denom[k];
     }
     *loss = (side[0] + side[1]) / 2;
+  }
+}
+
+// grad_weight_loss[k, h] = coef_k * sum over valid rows b of
+//     (sum_j exp(m[b, j, k] - lse[b, k]) * acc[b, j, k, h]  -  round(hidden[b, target_k[b], h]))
+// with coef_k = scale[k], or 0 for a side with no valid row (its loss is NaN; this gradient is 0).
+// Both factors of each product are at most 1 in size (m <= lse), so nothing overflows. Block
+// (i, k) takes 32 columns (a lane each) of side k; warp w takes rows b = w, w + kCombineWarps, ...,
+// and the warps' sums are added in warp order: the same order on every call, no atomics.
+template <typename scalar_t, typename out_t>
+__global__ void one_pass_combine_kernel(const scalar_t* __restrict__ hidden,  // (B, S, H) strided
+                                        const float* __restrict__ partial_max,  // (B * NB, 2)
+                                        const float* __restrict__ partial_acc,  // (B * NB, 2, H)
+                                        const float* __restrict__ lse, const float* __restrict__ scale,  // (B, 2), (2,)
+                                        const int64_t* __restrict__ start_pos, const int64_t* __restrict__ end_pos,
+                                        float* __restrict__ out,  // (2, H)
+                                        int64_t B, int64_t NB, int64_t S, int64_t H,  // sizes
+                                        int64_t stride_b, int64_t stride_s, int64_t stride_h) {  // strides
+  __shared__ float warp_total[kCombineWarps][kWarp];
+  __shared__ int warp_valid[kCombineWarps];
+  const int k = blockIdx.y;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t h = static_cast<int64_t>(blockIdx.x) * kWarp + lane;
+  const int64_t* pos = k == 0 ? start_pos : end_pos;
+  float total = 0.f;
+  int valid = 0;
+  for (int64_t b = warp; b < B; b += kCombineWarps) {
+    const int64_t target = clamp_target(pos[b], S);
+    if (target == S) continue;  // ignored row (the same for the whole warp)
+    valid = 1;
+    if (h >= H) continue;
+    const float row_lse = lse[b * 2 + k];
+    float row = 0.f;
+    for (int64_t j = 0; j < NB; ++j) {
+      const int64_t p = b * NB + j;
+      row = fmaf(expf(partial_max[p * 2 + k] - row_lse), partial_acc[(p * 2 + k) * H + h], row);
+    }
+    total += row - rounded<out_t>(hidden[b * stride_b + target * stride_s + h * stride_h]);
+  }
+  warp_total[warp][lane] = total;
+  if (lane == 0) warp_valid[warp] = valid;
+  __syncthreads();
+  if (warp == 0 && h < H) {
+    float sum = 0.f;
+    int any_valid = 0;
+    for (int v = 0; v < kCombineWarps; ++v) {  // warp order: deterministic
+      sum += warp_total[v][lane];
+      any_valid |= warp_valid[v];
+    }
+    out[k * H + h] = any_valid ? sum * scale[k] : 0.f;
   }
 }
 
@@ -261,8 +401,10 @@ FwdOutputs qa_head_fwd_cuda(const at::Tensor& hidden,  // (B, S, H)
                             const std::optional<at::Tensor>& num_items,  // ()
                             std::optional<double> num_items_value,
                             std::optional<at::ScalarType> cast_dtype,
-                            bool /*one_pass*/) {  // not implemented here: see the end of this function
+                            bool one_pass) {  // with labels: also grad_weight_loss
   check_fwd_inputs(hidden, weight, bias, start_positions, end_positions);
+  const bool has_labels = start_positions.has_value() && end_positions.has_value();
+  one_pass = one_pass && has_labels;
   const c10::cuda::CUDAGuard guard(hidden.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t B = hidden.size(0), S = hidden.size(1), H = hidden.size(2), N = B * S;
@@ -272,11 +414,22 @@ FwdOutputs qa_head_fwd_cuda(const at::Tensor& hidden,  // (B, S, H)
   const at::Tensor bias_f = bias.has_value() ? bias->to(mm).to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor start = at::empty({B, S}, hidden.options().dtype(out_dtype));
   at::Tensor end = at::empty({B, S}, hidden.options().dtype(out_dtype));
+  const unsigned int s_blocks = blocks(S, kOnePassRows);  // one_pass: partials per batch row
+  const at::TensorOptions f32 = hidden.options().dtype(at::kFloat);
+  const at::Tensor partial_max = one_pass ? at::empty({B * s_blocks, 2}, f32) : at::Tensor();
+  const at::Tensor partial_acc = one_pass ? at::empty({B * s_blocks, 2, H}, f32) : at::Tensor();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "qa_head_fwd_cuda", [&] {
     using hidden_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "qa_head_fwd_cuda_out", [&] {
-      if (N > 0) {
+      if (N > 0 && one_pass) {
+        one_pass_logits_kernel<hidden_t, scalar_t>
+            <<<dim3(static_cast<unsigned int>(B), s_blocks), kOnePassThreads, 0, stream>>>(
+                hidden.const_data_ptr<hidden_t>(), w.const_data_ptr<float>(), data_or_null(bias_f),
+                start.data_ptr<scalar_t>(), end.data_ptr<scalar_t>(), partial_max.data_ptr<float>(),
+                partial_acc.data_ptr<float>(), S, H, hidden.stride(0), hidden.stride(1), hidden.stride(2));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      } else if (N > 0) {
         logits_kernel<hidden_t, scalar_t><<<blocks(N, kLogitsWarps), kLogitsWarps * kWarp, 0, stream>>>(
             hidden.const_data_ptr<hidden_t>(), w.const_data_ptr<float>(), data_or_null(bias_f),
             start.data_ptr<scalar_t>(), end.data_ptr<scalar_t>(), N, S, H, hidden.stride(0), hidden.stride(1),
@@ -285,13 +438,13 @@ FwdOutputs qa_head_fwd_cuda(const at::Tensor& hidden,  // (B, S, H)
       }
     });
   });
-  if (!start_positions.has_value() || !end_positions.has_value()) {
+  if (!has_labels) {
     return {start, end, empty_output(hidden), empty_output(hidden), empty_output(hidden), empty_output(hidden)};
   }
 
-  at::Tensor loss = at::empty({}, hidden.options().dtype(at::kFloat));
-  at::Tensor lse = at::empty({B, 2}, hidden.options().dtype(at::kFloat));
-  at::Tensor scale = at::empty({2}, hidden.options().dtype(at::kFloat));
+  at::Tensor loss = at::empty({}, f32);
+  at::Tensor lse = at::empty({B, 2}, f32);
+  at::Tensor scale = at::empty({2}, f32);
   const at::Tensor start_pos = positions_as_int64(*start_positions);
   const at::Tensor end_pos = positions_as_int64(*end_positions);
   const at::Tensor num_items_f = num_items.has_value() ? num_items->to(at::kFloat) : at::Tensor();  // stays on device
@@ -303,10 +456,23 @@ FwdOutputs qa_head_fwd_cuda(const at::Tensor& hidden,  // (B, S, H)
         scale.data_ptr<float>(), B, S, static_cast<float>(num_items_value.value_or(1.0)), mode);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  // No one-pass forward: grad_weight_loss comes back empty, and the caller
-  // (qa_kernels/ops/qa_head/native_impl.py) computes it with torch operators. These kernels have
-  // never run on a GPU; a one-pass port is for a session that can test it.
-  return {start, end, loss, lse, scale, empty_output(hidden)};
+  if (!one_pass) return {start, end, loss, lse, scale, empty_output(hidden)};
+
+  at::Tensor grad_weight_loss = at::empty({2, H}, f32);
+  if (H > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "qa_head_combine_cuda", [&] {
+      using hidden_t = scalar_t;
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "qa_head_combine_cuda_out", [&] {
+        one_pass_combine_kernel<hidden_t, scalar_t><<<dim3(blocks(H, kWarp), 2), kCombineWarps * kWarp, 0, stream>>>(
+            hidden.const_data_ptr<hidden_t>(), partial_max.const_data_ptr<float>(),
+            partial_acc.const_data_ptr<float>(), lse.const_data_ptr<float>(), scale.const_data_ptr<float>(),
+            start_pos.const_data_ptr<int64_t>(), end_pos.const_data_ptr<int64_t>(), grad_weight_loss.data_ptr<float>(),
+            B, s_blocks, S, H, hidden.stride(0), hidden.stride(1), hidden.stride(2));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  }
+  return {start, end, loss, lse, scale, grad_weight_loss};
 }
 
 BwdOutputs qa_head_bwd_cuda(const std::optional<at::Tensor>& grad_start,  // (B, S)

@@ -10,8 +10,6 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import torch_impl
-
 
 def qa_head_fwd(
     hidden: Tensor,  # (B, S, H)
@@ -24,18 +22,9 @@ def qa_head_fwd(
     cast_dtype: Optional[torch.dtype],
     one_pass: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    start, end, loss, lse, scale, gwl = torch.ops.qa_kernels_native.qa_head_fwd(
+    return torch.ops.qa_kernels_native.qa_head_fwd(
         hidden, weight, bias, start_positions, end_positions, num_items, num_items_value, cast_dtype, one_pass
     )
-    if one_pass and lse.numel() > 0 and gwl.numel() == 0:
-        # The CUDA C++ kernels have no one-pass forward (they have never run on a GPU, and a port
-        # would be written blind): the weight's gradient comes from the torch operators, reading
-        # hidden a second time, as their two-pass backward would.
-        assert start_positions is not None and end_positions is not None  # lse is empty without labels
-        gwl = torch_impl.grad_weight_loss(
-            hidden, weight, cast_dtype, start, end, lse, scale, start_positions, end_positions
-        )
-    return start, end, loss, lse, scale, gwl
 
 
 def qa_head_bwd(
