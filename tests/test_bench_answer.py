@@ -65,6 +65,25 @@ def test_answerer_alone_says_why_the_pipeline_is_skipped(tmp_path, capsys, no_pi
         assert r["transformers"] and r["torch"]
 
 
+def test_append_adds_rows_and_refuses_other_columns_before_the_run(tmp_path, capsys, monkeypatch, no_pipeline):
+    """--append onto an answer CSV adds rows under one header; onto a CSV of other columns it stops
+    before anything runs and leaves the file as it was."""
+    out = tmp_path / "a.csv"
+    argv = [*TINY, "--shapes", "4x64", "--batch-sizes", "2", "--providers", "answerer", "--csv", str(out)]
+    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--append"]) == 0
+    rows = _read(out)
+    assert len(rows) == 2 and list(rows[0]) == answer.COLUMNS
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    monkeypatch.setattr(answer, "run", lambda *a, **k: pytest.fail("the run started"))
+    argv = [*TINY, "--shapes", "4x64", "--providers", "answerer", "--csv", str(other), "--append"]
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert f"--append: {other} has other columns than an answer run writes" in capsys.readouterr().err
+    assert other.read_text() == "a,b\n1,2\n"
+
+
 def test_against_the_pipeline(tmp_path, capsys, monkeypatch):
     python, why = answer.pipeline_python()
     if python is None:

@@ -62,12 +62,11 @@ rounds, the order reversed every other round), the median and p20 / p80 over the
 does not: the :class:`.harness.Timer` (do_bench's recipe makes five calls to estimate and many
 to warm up; a pass takes seconds, so here one untimed warm-up pass over a few examples, then one
 timed pass per round), the bytes moved and GB/s (this is not a memory-bound kernel), the harness's
-CSV columns (the rows here have their own, :data:`COLUMNS`; :func:`write_csv`) and the plot.
+CSV columns (the rows here have their own, :data:`COLUMNS`; :func:`.harness.write_rows`) and the plot.
 """
 
 from __future__ import annotations
 
-import csv
 import importlib
 import json
 import math
@@ -758,36 +757,12 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def check_appendable(path: str) -> bool:
-    """Whether ``path`` exists with rows to append to; ValueError when its columns are not this suite's."""
-    if not (os.path.exists(path) and os.path.getsize(path) > 0):
-        return False
-    with open(path, newline="") as f:
-        header = next(csv.reader(f))
-    if header != COLUMNS:
-        raise ValueError(
-            f"--append: {path} has other columns than an answer run writes: {header} (expected {COLUMNS}); "
-            "give another --csv path, or leave out --append to overwrite it"
-        )
-    return True
-
-
-def write_csv(rows: Sequence[dict[str, Any]], path: str, append: bool = False) -> None:
-    exists = append and check_appendable(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a" if exists else "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        if not exists:
-            writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-
-
 def bench_command(args: Any, command: str) -> int:
     """``qa-kernels bench --suite answer``: the options checked, the run, the table, the CSV."""
     import torch
 
     from .. import bench
+    from . import harness
     from .harness import choose_values as _choose
     from .harness import parse_shape as _parse_shape
 
@@ -828,7 +803,7 @@ def bench_command(args: Any, command: str) -> int:
         parser.error("--append: only with --csv PATH")
     if args.append:
         try:
-            check_appendable(args.csv)
+            harness.csv_appendable(args.csv, COLUMNS, "an answer run")
         except ValueError as e:
             parser.error(str(e))
     if args.threads is not None:
@@ -881,7 +856,7 @@ def bench_command(args: Any, command: str) -> int:
               f"{'; '.join(noisy[:5])}{' ...' if len(noisy) > 5 else ''}; rerun on a quieter machine",
               file=sys.stderr)  # fmt: skip
     if args.csv:
-        write_csv(rows, args.csv, append=args.append)
+        harness.write_rows(rows, args.csv, COLUMNS, "an answer run", append=args.append)
         print(f"wrote {args.csv}")
     return 130 if any(n.startswith("interrupted") for n in notes) else 0
 

@@ -394,19 +394,38 @@ def format_table(rows: Iterable[dict], suite: Suite) -> str:
     return "\n".join(lines)
 
 
-def check_appendable(path: str, suite: Suite) -> bool:
-    """Whether ``path`` exists with rows to append to; ValueError when its columns are not this
-    suite's (checked before a run, so that it does not fail after it)."""
+def csv_appendable(path: str, fields: Sequence[str], what: str) -> bool:
+    """Whether ``path`` exists with rows to append to; ValueError when its header is not ``fields``
+    (the columns that ``what``, e.g. "a head run", writes). Checked before a run, so that it does
+    not fail after it."""
     if not (os.path.exists(path) and os.path.getsize(path) > 0):
         return False
     with open(path, newline="") as f:
         header = next(csv.reader(f))
-    if header != columns(suite):
+    if header != list(fields):
         raise ValueError(
-            f"--append: {path} has other columns than a {suite.name} run writes: {header} (expected "
-            f"{columns(suite)}); give another --csv path, or leave out --append to overwrite it"
+            f"--append: {path} has other columns than {what} writes: {header} (expected {list(fields)}); "
+            "give another --csv path, or leave out --append to overwrite it"
         )
     return True
+
+
+def write_rows(rows: Sequence[dict], path: str, fields: Sequence[str], what: str, append: bool = False) -> None:
+    """Writes the rows (with a header of ``fields``) to ``path``, ``None`` as an empty cell; ``append``
+    adds them to an existing file of the same columns instead (see :func:`csv_appendable`)."""
+    exists = append and csv_appendable(path, fields, what)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a" if exists else "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields))
+        if not exists:
+            writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+
+
+def check_appendable(path: str, suite: Suite) -> bool:
+    """:func:`csv_appendable` for a suite's rows."""
+    return csv_appendable(path, columns(suite), f"a {suite.name} run")
 
 
 def noisy_rows(rows: Sequence[dict], suite: Suite) -> list[str]:
@@ -420,17 +439,8 @@ def noisy_rows(rows: Sequence[dict], suite: Suite) -> list[str]:
 
 
 def write_csv(rows: Sequence[dict], path: str, suite: Suite, append: bool = False) -> None:
-    """Writes the rows (with a header) to ``path``; ``append`` adds them to an existing file of the
-    same columns instead."""
-    fields = columns(suite)
-    exists = append and check_appendable(path, suite)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a" if exists else "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        if not exists:
-            writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    """:func:`write_rows` for a suite's rows."""
+    write_rows(rows, path, columns(suite), f"a {suite.name} run", append)
 
 
 def read_csv(path: str) -> list[dict]:
