@@ -55,10 +55,18 @@ using vfloat = float __attribute__((vector_size(kLanes * sizeof(float))));
 
 // GCC >= 12 knows the x86-64-v3/v4 levels; elsewhere the kernels are compiled once, for the
 // compiler's default target (still vectorized, through the same vector extensions).
+// QA_PER_ISA(KERNEL, X) defines KERNEL(X, kWide) three times, as GCC's function multiversioning
+// (the same loader picks one), for kernels whose best code differs by vector width: kWide is true
+// where a vfloat is one register.
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && defined(__linux__)
 #define QA_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define QA_PER_ISA(KERNEL, X)                                   \
+  __attribute__((target("arch=x86-64-v4"))) KERNEL(X, true)     \
+  __attribute__((target("arch=x86-64-v3"))) KERNEL(X, false)    \
+  __attribute__((target("default"))) KERNEL(X, false)
 #else
 #define QA_MULTIVERSION
+#define QA_PER_ISA(KERNEL, X) KERNEL(X, false)
 #endif
 
 // ------------------------------------------------------------------------------------------------
@@ -159,54 +167,68 @@ QA_INLINE void store_one(uint16_t* p, float v) { *p = bf16_bits(v); }
 // of every block in turn; added lane 0..kLanes-1, then the tail: a fixed order. The rows `next`
 // are prefetched alongside: out of cache, the hardware prefetchers ramp up too slowly on rows this
 // short (2 KiB of bf16 at H = 1024), and the bf16 forward reached 65% of copy bandwidth.
-template <typename X>
+//
+// kWide: the running sums are vfloat, one register each where a vfloat is one (AVX-512), each
+// product added by one FMA. Otherwise they are 32-byte halves, lanes 0-7 and 8-15 of each product
+// added apart (the same sums in the same order; GCC 12 still fuses each multiply into its add on
+// AVX2): GCC keeps a loop-carried 64-byte vector in memory where it is two registers (AVX2), and
+// moved it through general registers at every block. The row is loaded first, so that its
+// block is loaded once and the weights are the FMAs' memory operands (loading the weights first,
+// GCC 12 made the row the operand of every FMA: two loads of each block of it).
+// Measured, the forward op alone, 2 threads, 32x384x1024: on an AMD EPYC (AVX2) bf16 3.8 ms with
+// vfloat sums, 1.6 with halves, fp32 3.8 and 3.2-3.6; on an Intel Xeon (AVX-512), where the halves
+// cost a multiply, an extract and two adds per product, see dot2_rows.
+template <bool kWide>
+struct DotSums;
+template <>
+struct DotSums<true> {
+  vfloat sum = {};
+  QA_INLINE void add(const vfloat& x, const vfloat& w) { sum += x * w; }
+  QA_INLINE float lane(int64_t j) const { return sum[j]; }
+};
+template <>
+struct DotSums<false> {
+  vhalf lo = {}, hi = {};
+  QA_INLINE void add(const vfloat& x, const vfloat& w) {
+    const vfloat product = x * w;
+    lo += lo_half(product);
+    hi += hi_half(product);
+  }
+  QA_INLINE float lane(int64_t j) const { return j < kLanes / 2 ? lo[j] : hi[j - kLanes / 2]; }
+};
+
+template <bool kWide, typename X>
 QA_INLINE void dot2_rows_impl(const X* const* x_rows,  // kFwdRows pointers to rows of H elements
                               const X* const* next_rows,  // kFwdRows rows the caller reads next
                               const float* w0, const float* w1,  // (H,) each
                               int64_t H, float* out0, float* out1) {  // (kFwdRows,) each
-  const X *x[kFwdRows], *next[kFwdRows];
-  std::copy(x_rows, x_rows + kFwdRows, x);
-  std::copy(next_rows, next_rows + kFwdRows, next);
   static_assert(kFwdRows == 1, "one row per call");
-  // The running sums are half vectors (32 bytes: a register on AVX2 and AVX-512 alike), not vfloat:
-  // GCC keeps a loop-carried 64-byte vector in memory where it is two registers (AVX2), and moved
-  // it through general registers at every block (measured on an AMD EPYC without AVX-512, 2
-  // threads, 32x384x1024, the forward op alone: bf16 3.8 ms with vfloat sums, 1.6 with halves; fp32
-  // 3.8 and 3.2-3.6).
-  vhalf a0lo = {}, a0hi = {}, a1lo = {}, a1hi = {};
+  const X* const x = x_rows[0];
+  const X* const next = next_rows[0];
+  DotSums<kWide> a0, a1;
   int64_t h = 0;
   for (; h + kBlock <= H; h += kBlock) {
-    vfloat v0[2], v1[2];
+    prefetch_block(next + h);
+    vfloat xv[2], v0[2], v1[2];
+    load_block(x + h, xv);
     load_block(w0 + h, v0);
     load_block(w1 + h, v1);
-    vfloat xv[2];
-    load_block(x[0] + h, xv);
-    prefetch_block(next[0] + h);
     for (int i = 0; i < 2; ++i) {
-      const vfloat p0 = xv[i] * v0[i], p1 = xv[i] * v1[i];
-      a0lo += lo_half(p0);
-      a0hi += hi_half(p0);
-      a1lo += lo_half(p1);
-      a1hi += hi_half(p1);
+      a0.add(xv[i], v0[i]);
+      a1.add(xv[i], v1[i]);
     }
   }
-  for (int64_t r = 0; r < kFwdRows; ++r) {
-    float s0 = 0.f, s1 = 0.f;
-    for (int64_t j = 0; j < kLanes / 2; ++j) {
-      s0 += a0lo[j];
-      s1 += a1lo[j];
-    }
-    for (int64_t j = 0; j < kLanes / 2; ++j) {
-      s0 += a0hi[j];
-      s1 += a1hi[j];
-    }
-    for (int64_t t = h; t < H; ++t) {
-      s0 += load_one(x[r] + t) * w0[t];
-      s1 += load_one(x[r] + t) * w1[t];
-    }
-    out0[r] = s0;
-    out1[r] = s1;
+  float s0 = 0.f, s1 = 0.f;
+  for (int64_t j = 0; j < kLanes; ++j) {
+    s0 += a0.lane(j);
+    s1 += a1.lane(j);
   }
+  for (int64_t t = h; t < H; ++t) {
+    s0 += load_one(x + t) * w0[t];
+    s1 += load_one(x + t) * w1[t];
+  }
+  out0[0] = s0;
+  out1[0] = s1;
 }
 
 // The backward's per-row math, for r < kN (kRows; kAddRows for the one-pass forward's sums, with d0,
@@ -302,11 +324,16 @@ QA_INLINE void grad_rows_impl(const X* const* x_rows,  // kN pointers to rows of
 }
 
 // The multiversioned entry points: fp32 rows (in place, or a converted scratch tile) and bf16 rows.
+// dot2_rows per ISA (see dot2_rows_impl). The forward op alone (no labels), 32x384x1024, 2 threads,
+// cold, on an Intel Xeon (AVX-512) VM: with the halves on AVX-512 too, fp32 2.91-2.93 ms and bf16
+// 1.43-1.48; with vfloat sums there, 2.18 and 1.30-1.35 (alternated runs).
+#define QA_DOT2_ROWS(X, kWide)                                                                           \
+  void dot2_rows(const X* const* x, const X* const* next, const float* w0, const float* w1, int64_t H,   \
+                 float* out0, float* out1) {                                                             \
+    dot2_rows_impl<kWide>(x, next, w0, w1, H, out0, out1);                                               \
+  }
 #define QA_MICRO_KERNELS(X)                                                                              \
-  QA_MULTIVERSION void dot2_rows(const X* const* x, const X* const* next, const float* w0,               \
-                                 const float* w1, int64_t H, float* out0, float* out1) {                 \
-    dot2_rows_impl(x, next, w0, w1, H, out0, out1);                                                      \
-  }                                                                                                      \
+  QA_PER_ISA(QA_DOT2_ROWS, X)                                                                            \
   QA_MULTIVERSION void grad_hidden_rows(X* const* g, const float* d0, const float* d1, const float* w0,  \
                                         const float* w1, int64_t H) {                                    \
     grad_rows_impl<kRows, true, false, X, X>(nullptr, g, nullptr, d0, d1, w0, w1, nullptr, nullptr, H);  \
@@ -437,6 +464,8 @@ void float_to_half(const float* src, c10::Half* dst, int64_t n) {
 
 #undef QA_INLINE
 #undef QA_MULTIVERSION
+#undef QA_PER_ISA
+#undef QA_DOT2_ROWS
 
 }  // namespace
 }  // namespace qa_kernels
