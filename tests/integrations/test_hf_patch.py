@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 import qa_kernels
+from qa_kernels import backend as qa_backend
 from qa_kernels.integrations import hf
-from qa_kernels.ops.qa_head import op as head_op
 from tests.models import (
     BERTISH,
     HEAD_FIELDS,
@@ -193,7 +193,8 @@ def test_distilbert_dropout_before_head_is_kept(device):
 
 
 class _CountCalls:
-    """Wraps head_op.qa_head_fwd (looked up at call time by qa_kernels.qa_head) and counts calls."""
+    """Wraps the forward of the implementation that serves the head (looked up at call time on every
+    route: the registered op, the eager autograd route, the no-grad one) and counts calls."""
 
     def __init__(self, fn):
         self.fn, self.calls = fn, 0
@@ -207,8 +208,9 @@ class _CountCalls:
 def test_unpatch_restores_eager(device, name, monkeypatch):
     """unpatch() gives back the original class and a plain nn.Linear head, the fused op no longer
     runs, and the outputs are bit-identical to a model that was never patched."""
-    counter = _CountCalls(head_op.qa_head_fwd)
-    monkeypatch.setattr(head_op, "qa_head_fwd", counter)
+    impl = qa_backend.implementation("qa_head", torch.device(device).type)
+    counter = _CountCalls(impl.qa_head_fwd)
+    monkeypatch.setattr(impl, "qa_head_fwd", counter)
     never = MODELS[name]().to(device)
     model = copy.deepcopy(never)
     cls = type(model)

@@ -1,5 +1,6 @@
 """qa_head, the public function: argument checks, autocast, then the registered op (``op.py``) or,
-where nothing watches the call, the implementation the registry picks (``qa_kernels.backend``)."""
+where nothing watches the call, the implementation the registry picks (``qa_kernels.backend``),
+inside the op's own autograd (``op.EagerQAHead``) when there is something to differentiate."""
 
 from __future__ import annotations
 
@@ -163,7 +164,8 @@ def qa_head(
     else:
         # The weight's gradient in the forward (op.py: one pass over hidden) when it will be wanted.
         one_pass = start_positions is not None and torch.is_grad_enabled() and weight.requires_grad
-        start_logits, end_logits, loss, *_ = op.qa_head_fwd(*args, one_pass)
+        head = op.EagerQAHead.apply if how == "autograd" else op.qa_head_fwd
+        start_logits, end_logits, loss, *_ = head(*args, one_pass)
     if start_positions is None:
         return QAHeadOutput(start_logits, end_logits, None)
     if num_items is not None and num_items.is_floating_point():

@@ -143,6 +143,7 @@ def _setup_context(ctx, inputs, output):
     # runs it (autograd's device threads do not see the forward thread's use_backend block). Traced
     # by torch.compile, this is a trace-time value: compiled ops resolve when they run instead.
     ctx.backend = get_backend()
+    ctx.direct = False  # EagerQAHead sets it
     # Outputs that received no gradient come as None, not zeros: with num_items_in_batch = 0 the
     # loss's scale is infinite, and 0 * inf would put NaN into the logits' gradients.
     ctx.set_materialize_grads(False)
@@ -171,7 +172,9 @@ def _backward(ctx, grad_start, grad_end, grad_loss, _grad_lse, _grad_scale, _gra
         # One pass: only the loss is differentiated and the forward computed its weight gradient.
         one_pass = needs_weight and grad_weight_loss.numel() > 0 and grad_start is None and grad_end is None
         with use_backend(ctx.backend):
-            grad_hidden, grad_weight, grad_bias = qa_head_bwd(
+            # EagerQAHead's backward calls the implementation as its forward did; the op's, the op.
+            bwd = implementation("qa_head", hidden.device.type).qa_head_bwd if ctx.direct else qa_head_bwd
+            grad_hidden, grad_weight, grad_bias = bwd(
                 grad_start, grad_end, grad_loss, hidden, weight, start_logits, end_logits, lse, scale,
                 start_pos, end_pos, ctx.cast_dtype, needs_hidden, needs_weight and not one_pass, needs_bias,
             )  # fmt: skip
@@ -188,3 +191,22 @@ def _backward(ctx, grad_start, grad_end, grad_loss, _grad_lse, _grad_scale, _gra
 
 
 torch.library.register_autograd("qa_kernels::qa_head_fwd", _backward, setup_context=_setup_context)
+
+
+class EagerQAHead(torch.autograd.Function):
+    """``qa_head_fwd`` for eager autograd on plain tensors (``backend.route``'s ``"autograd"``): the
+    implementation the registry picks, called directly, with the op's own ``setup_context`` and
+    backward, so the same tensors are saved and the same gradients come back, without the custom
+    op's Python dispatch (see ``backend.route`` for what that saves). torch.compile, tensor
+    subclasses, dispatch and function modes, and torch.func's transforms see the registered op."""
+
+    # forward(ctx, ...) rather than forward(...) with setup_context: Function.apply binds a
+    # setup_context Function's arguments through inspect.signature at every call (~40 us).
+    @staticmethod
+    def forward(ctx, *inputs):  # qa_head_fwd's arguments
+        output = implementation("qa_head", inputs[0].device.type).qa_head_fwd(*inputs)
+        _setup_context(ctx, inputs, output)
+        ctx.direct = True
+        return output
+
+    backward = staticmethod(_backward)

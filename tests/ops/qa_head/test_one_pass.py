@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import qa_kernels
+from qa_kernels import backend as qa_backend
 from qa_kernels import reference
-from qa_kernels.ops.qa_head import op as head_op
 from tests.ops.qa_head.test_qa_head import make_inputs, make_labels
 from tests.utils import TOLERANCE, assert_close
 
@@ -26,16 +26,18 @@ PATHS_TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 
 @pytest.fixture
-def bwd_calls(monkeypatch):
-    """The (needs_grad_hidden, needs_grad_weight, needs_grad_bias) of each backward op call."""
+def bwd_calls(backend, device, monkeypatch):
+    """The (needs_grad_hidden, needs_grad_weight, needs_grad_bias) of each call of the backend's
+    backward, whichever way it is reached (the registered op, or the eager autograd route)."""
     calls = []
-    real = head_op.qa_head_bwd
+    impl = qa_backend.implementation("qa_head", torch.device(device).type)
+    real = impl.qa_head_bwd
 
     def spy(*args):
         calls.append(tuple(args[-3:]))
         return real(*args)
 
-    monkeypatch.setattr(head_op, "qa_head_bwd", spy)
+    monkeypatch.setattr(impl, "qa_head_bwd", spy)
     return calls
 
 
@@ -126,8 +128,9 @@ def test_frozen_parts(backend, device, needs, bwd_calls, monkeypatch):
     """Head-only training (hidden needs no gradient) reads nothing large in the backward; a frozen
     weight skips the forward's weighted sums (one_pass=False) and the backward reads no hidden."""
     fwd_flags = []
-    real_fwd = head_op.qa_head_fwd
-    monkeypatch.setattr(head_op, "qa_head_fwd", lambda *args: fwd_flags.append(args[-1]) or real_fwd(*args))
+    impl = qa_backend.implementation("qa_head", torch.device(device).type)
+    real_fwd = impl.qa_head_fwd
+    monkeypatch.setattr(impl, "qa_head_fwd", lambda *args: fwd_flags.append(args[-1]) or real_fwd(*args))
     B, S, H = 3, 300, 64
     hidden, weight, bias = make_inputs(B, S, H, torch.float32, device)
     start, end, _ = make_labels("mixed", B, S, device)

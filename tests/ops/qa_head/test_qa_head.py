@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -403,9 +405,12 @@ def test_more_than_2_pow_31_elements(backend, device):
 
 
 @pytest.mark.parametrize("labels", ["none", "mixed"])
-def test_calls_without_autograd_skip_the_op_dispatch_not_the_numbers(backend, device, labels, monkeypatch):
-    """Under no_grad (serving, evaluation) qa_head calls the implementation directly: bitwise the
-    outputs of the registered op, which still runs when autograd or a dispatch mode needs it."""
+def test_eager_calls_skip_the_op_dispatch_not_the_numbers(backend, device, labels, monkeypatch):
+    """Eager calls on plain tensors call the implementation directly: under no_grad (serving,
+    evaluation) as it is, with autograd through EagerQAHead (the op's own setup_context and
+    backward). Bitwise the outputs and gradients of the registered op, which still runs when a
+    function or dispatch mode watches (and for tensor subclasses, torch.compile, torch.func)."""
+    from torch.overrides import TorchFunctionMode
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from qa_kernels.ops.qa_head import op as head_op
@@ -420,10 +425,29 @@ def test_calls_without_autograd_skip_the_op_dispatch_not_the_numbers(backend, de
     with torch.no_grad():
         fast = qa_kernels.qa_head(hidden, weight, b, start, end)
     assert calls == []
-    via_op = qa_kernels.qa_head(hidden.requires_grad_(), weight, b, start, end)  # autograd: the op
-    assert calls == [1]
-    for x, y in zip(fast, via_op, strict=True):
-        assert (x is None and y is None) or torch.equal(x, y.detach())
+
+    class Passthrough(TorchFunctionMode):  # watches, changes nothing: the call takes the op
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    g_start, g_end, g_loss = torch.randn(B, S, device=device), torch.randn(B, S, device=device), torch.randn(())
+    results = {}
+    for how in ("autograd", "op"):
+        leaves = [t.clone().requires_grad_() for t in (hidden, weight, b)]
+        with Passthrough() if how == "op" else contextlib.nullcontext():
+            out = qa_kernels.qa_head(*leaves, start, end)
+        assert calls == ([1] if how == "op" else []), how
+        node = type(out.start_logits.grad_fn).__name__
+        expected = "EagerQAHeadBackward" if how == "autograd" else "GeneratedBackwardFor_qa_kernels_qa_head_fwd"
+        assert node.startswith(expected), (how, node)
+        value = (out.start_logits * g_start).sum() + (out.end_logits * g_end).sum()
+        if out.loss is not None:
+            value = value + out.loss * g_loss
+        results[how] = (out, torch.autograd.grad(value, leaves))
+    for x, y, z in zip(fast, results["autograd"][0], results["op"][0], strict=True):
+        assert (x is None and y is None and z is None) or (torch.equal(x, y.detach()) and torch.equal(y, z))
+    for name, x, y in zip(("hidden", "weight", "bias"), *(results[how][1] for how in ("autograd", "op")), strict=True):
+        assert torch.equal(x, y), f"grad_{name}: the eager route and the op differ"
 
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
