@@ -55,18 +55,19 @@ using vfloat = float __attribute__((vector_size(kLanes * sizeof(float))));
 
 // GCC >= 12 knows the x86-64-v3/v4 levels; elsewhere the kernels are compiled once, for the
 // compiler's default target (still vectorized, through the same vector extensions).
-// QA_PER_ISA(KERNEL, X) defines KERNEL(X, kWide) three times, as GCC's function multiversioning
-// (the same loader picks one), for kernels whose best code differs by vector width: kWide is true
-// where a vfloat is one register.
+// QA_PER_ISA(KERNELS, X) expands KERNELS(X, kWide, TARGET) three times, for GCC's function
+// multiversioning (the loader picks one, as for target_clones), for the kernels whose best code
+// differs by vector width: kWide is true where a vfloat is one register; TARGET, the attribute each
+// function of KERNELS starts with.
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && defined(__linux__)
 #define QA_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#define QA_PER_ISA(KERNEL, X)                                   \
-  __attribute__((target("arch=x86-64-v4"))) KERNEL(X, true)     \
-  __attribute__((target("arch=x86-64-v3"))) KERNEL(X, false)    \
-  __attribute__((target("default"))) KERNEL(X, false)
+#define QA_PER_ISA(KERNELS, X)                                      \
+  KERNELS(X, true, __attribute__((target("arch=x86-64-v4"))))       \
+  KERNELS(X, false, __attribute__((target("arch=x86-64-v3"))))      \
+  KERNELS(X, false, __attribute__((target("default"))))
 #else
 #define QA_MULTIVERSION
-#define QA_PER_ISA(KERNEL, X) KERNEL(X, false)
+#define QA_PER_ISA(KERNELS, X) KERNELS(X, false, )
 #endif
 
 // ------------------------------------------------------------------------------------------------
@@ -242,7 +243,7 @@ QA_INLINE void dot2_rows_impl(const X* const* x_rows,  // kFwdRows pointers to r
 // Two sweeps one after the other (all of grad_hidden's, then all of grad_weight's) are slower:
 // measured on an Intel Xeon (AVX-512) VM, 32x384x1024, one thread, the backward alone, fp32 8.4
 // against 7.8 ms.
-template <int64_t kN, bool kGradHidden, bool kGradWeight, typename X, typename G>
+template <bool kWide, int64_t kN, bool kGradHidden, bool kGradWeight, typename X, typename G>
 QA_INLINE void grad_rows_impl(const X* const* x_rows,  // kN pointers to rows of H elements
                               G* const* g_rows,  // kN pointers to gradient rows of H elements
                               const X* const* next_rows,  // kN rows the caller reads next
@@ -260,14 +261,19 @@ QA_INLINE void grad_rows_impl(const X* const* x_rows,  // kN pointers to rows of
   if constexpr (kGradHidden) std::copy(g_rows, g_rows + kN, g);
   std::copy(d0_rows, d0_rows + kN, d0);
   std::copy(d1_rows, d1_rows + kN, d1);
-  // The per-row scalars as vectors, made once per call: a scalar times a 64-byte vector, written in
-  // the loop, is built through the stack at every use where a vector is two registers (AVX2: 16
-  // scalar stores and 4 reloads per product, measured at 3.7x the one-pass forward's time on an
-  // AMD EPYC without AVX-512). As vectors in memory they are plain FMA operands.
-  vfloat d0v[kN], d1v[kN];
-  for (int64_t r = 0; r < kN; ++r) {
-    d0v[r] = splat(d0[r]);
-    d1v[r] = splat(d1[r]);
+  // kWide: each per-row scalar broadcast where it is used (a broadcast load, or an FMA's broadcast
+  // operand), the row loop as written. Otherwise the scalars as vectors, made once per call, and
+  // the row loop unrolled: a scalar times a 64-byte vector, written in the loop, is built through
+  // the stack at every use where a vector is two registers (AVX2: 16 scalar stores and 4 reloads
+  // per product, measured at 3.7x the one-pass forward's time on an AMD EPYC without AVX-512); as
+  // vectors in memory they are plain FMA operands. On AVX-512 those vectors took the registers
+  // the loop needs (see QA_MICRO_KERNELS for the figures).
+  [[maybe_unused]] vfloat d0v[kWide ? 1 : kN], d1v[kWide ? 1 : kN];
+  if constexpr (!kWide) {
+    for (int64_t r = 0; r < kN; ++r) {
+      d0v[r] = splat(d0[r]);
+      d1v[r] = splat(d1[r]);
+    }
   }
   int64_t h = 0;
   for (; h + kBlock <= H; h += kBlock) {
@@ -280,28 +286,39 @@ QA_INLINE void grad_rows_impl(const X* const* x_rows,  // kN pointers to rows of
       load_block(pw0 + h, p0);
       load_block(pw1 + h, p1);
     }
-#pragma GCC unroll 16
-    for (int64_t r = 0; r < kN; ++r) {  // unrolled: the even / odd tests below fold away
+    auto row = [&](int64_t r) __attribute__((always_inline)) {
+      const auto c0 = [&] {
+        if constexpr (kWide) return d0[r]; else return d0v[r];
+      }();
+      const auto c1 = [&] {
+        if constexpr (kWide) return d1[r]; else return d1v[r];
+      }();
       vfloat xv[2];
       if constexpr (kGradWeight) {
         load_block(x[r] + h, xv);
         prefetch_block(next[r] + h);
       }
       if constexpr (kGradHidden) {
-        const vfloat gv[2] = {d0v[r] * v0[0] + d1v[r] * v1[0], d0v[r] * v0[1] + d1v[r] * v1[1]};
+        const vfloat gv[2] = {c0 * v0[0] + c1 * v1[0], c0 * v0[1] + c1 * v1[1]};
         store_block(g[r] + h, gv);
       }
       if constexpr (kGradWeight) {  // even rows into e*, odd rows into o*
         for (int i = 0; i < 2; ++i) {
           if (r % 2 == 0) {
-            e0[i] = r == 0 ? d0v[r] * xv[i] : e0[i] + d0v[r] * xv[i];
-            e1[i] = r == 0 ? d1v[r] * xv[i] : e1[i] + d1v[r] * xv[i];
+            e0[i] = r == 0 ? c0 * xv[i] : e0[i] + c0 * xv[i];
+            e1[i] = r == 0 ? c1 * xv[i] : e1[i] + c1 * xv[i];
           } else {
-            o0[i] = r == 1 ? d0v[r] * xv[i] : o0[i] + d0v[r] * xv[i];
-            o1[i] = r == 1 ? d1v[r] * xv[i] : o1[i] + d1v[r] * xv[i];
+            o0[i] = r == 1 ? c0 * xv[i] : o0[i] + c0 * xv[i];
+            o1[i] = r == 1 ? c1 * xv[i] : o1[i] + c1 * xv[i];
           }
         }
       }
+    };
+    if constexpr (kWide) {
+      for (int64_t r = 0; r < kN; ++r) row(r);
+    } else {
+#pragma GCC unroll 16
+      for (int64_t r = 0; r < kN; ++r) row(r);  // unrolled: the even / odd tests fold away
     }
     if constexpr (kGradWeight) {
       for (int i = 0; i < 2; ++i) {
@@ -324,35 +341,36 @@ QA_INLINE void grad_rows_impl(const X* const* x_rows,  // kN pointers to rows of
 }
 
 // The multiversioned entry points: fp32 rows (in place, or a converted scratch tile) and bf16 rows.
-// dot2_rows per ISA (see dot2_rows_impl). The forward op alone (no labels), 32x384x1024, 2 threads,
-// cold, on an Intel Xeon (AVX-512) VM: with the halves on AVX-512 too, fp32 2.91-2.93 ms and bf16
-// 1.43-1.48; with vfloat sums there, 2.18 and 1.30-1.35 (alternated runs).
-#define QA_DOT2_ROWS(X, kWide)                                                                           \
-  void dot2_rows(const X* const* x, const X* const* next, const float* w0, const float* w1, int64_t H,   \
-                 float* out0, float* out1) {                                                             \
+// The entry points, per ISA (QA_PER_ISA): fp32 rows (in place, or a converted scratch tile) and
+// bf16 rows. Measured on an Intel Xeon (AVX-512) VM, 2 threads, 32x384x1024, cold, against the
+// AVX2 forms on AVX-512 too (alternated runs): the forward op alone (no labels) fp32 2.12-2.18 ms
+// against 2.91-2.93, bf16 1.30-1.35 against 1.43-1.48; the backward op alone (grad_hidden and
+// grad_bias, the one-pass case) fp32 1.25-1.35 ms against 1.42-1.57, bf16 0.69-0.75 against 0.79.
+#define QA_MICRO_KERNELS(X, kWide, TARGET)                                                               \
+  TARGET void dot2_rows(const X* const* x, const X* const* next, const float* w0, const float* w1,       \
+                        int64_t H, float* out0, float* out1) {                                           \
     dot2_rows_impl<kWide>(x, next, w0, w1, H, out0, out1);                                               \
+  }                                                                                                      \
+  TARGET void grad_hidden_rows(X* const* g, const float* d0, const float* d1, const float* w0,           \
+                               const float* w1, int64_t H) {                                             \
+    grad_rows_impl<kWide, kRows, true, false, X, X>(nullptr, g, nullptr, d0, d1, w0, w1, nullptr, nullptr, H); \
+  }                                                                                                      \
+  TARGET void grad_weight_rows(const X* const* x, const X* const* next, const float* d0, const float* d1, \
+                               float* pw0, float* pw1, int64_t H) {                                      \
+    grad_rows_impl<kWide, kRows, false, true, X, X>(x, nullptr, next, d0, d1, nullptr, nullptr, pw0, pw1, H); \
+  }                                                                                                      \
+  TARGET void add_weighted_rows(const X* const* x, const X* const* next, const float* e0, const float* e1, \
+                                float* acc0, float* acc1, int64_t H) {                                   \
+    grad_rows_impl<kWide, kAddRows, false, true, X, X>(x, nullptr, next, e0, e1, nullptr, nullptr, acc0, acc1, \
+                                                       H);                                               \
+  }                                                                                                      \
+  TARGET void grad_rows(const X* const* x, X* const* g, const X* const* next, const float* d0,           \
+                        const float* d1, const float* w0, const float* w1, float* pw0, float* pw1,       \
+                        int64_t H) {                                                                     \
+    grad_rows_impl<kWide, kRows, true, true>(x, g, next, d0, d1, w0, w1, pw0, pw1, H);                   \
   }
-#define QA_MICRO_KERNELS(X)                                                                              \
-  QA_PER_ISA(QA_DOT2_ROWS, X)                                                                            \
-  QA_MULTIVERSION void grad_hidden_rows(X* const* g, const float* d0, const float* d1, const float* w0,  \
-                                        const float* w1, int64_t H) {                                    \
-    grad_rows_impl<kRows, true, false, X, X>(nullptr, g, nullptr, d0, d1, w0, w1, nullptr, nullptr, H);  \
-  }                                                                                                      \
-  QA_MULTIVERSION void grad_weight_rows(const X* const* x, const X* const* next, const float* d0,        \
-                                        const float* d1, float* pw0, float* pw1, int64_t H) {            \
-    grad_rows_impl<kRows, false, true, X, X>(x, nullptr, next, d0, d1, nullptr, nullptr, pw0, pw1, H);   \
-  }                                                                                                      \
-  QA_MULTIVERSION void add_weighted_rows(const X* const* x, const X* const* next, const float* e0,       \
-                                         const float* e1, float* acc0, float* acc1, int64_t H) {         \
-    grad_rows_impl<kAddRows, false, true, X, X>(x, nullptr, next, e0, e1, nullptr, nullptr, acc0, acc1, H); \
-  }                                                                                                      \
-  QA_MULTIVERSION void grad_rows(const X* const* x, X* const* g, const X* const* next, const float* d0,  \
-                                 const float* d1, const float* w0, const float* w1, float* pw0,          \
-                                 float* pw1, int64_t H) {                                                \
-    grad_rows_impl<kRows, true, true>(x, g, next, d0, d1, w0, w1, pw0, pw1, H);                          \
-  }
-QA_MICRO_KERNELS(float)
-QA_MICRO_KERNELS(uint16_t)
+QA_PER_ISA(QA_MICRO_KERNELS, float)
+QA_PER_ISA(QA_MICRO_KERNELS, uint16_t)
 #undef QA_MICRO_KERNELS
 
 // v[h] *= factor   (the online softmax's rescaling of a running sum when its max grows)
@@ -465,7 +483,6 @@ void float_to_half(const float* src, c10::Half* dst, int64_t n) {
 #undef QA_INLINE
 #undef QA_MULTIVERSION
 #undef QA_PER_ISA
-#undef QA_DOT2_ROWS
 
 }  // namespace
 }  // namespace qa_kernels
