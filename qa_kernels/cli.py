@@ -127,8 +127,8 @@ def _bench(args: argparse.Namespace, command: str) -> int:
     import torch
 
     from . import bench
+    from .bench import harness
     from .bench.harness import choose_values as _choose
-    from .bench.harness import parse_shape as _parse_shape
 
     parser = args.subparser
     if args.suite == "answer":
@@ -139,13 +139,8 @@ def _bench(args: argparse.Namespace, command: str) -> int:
         if getattr(args, option) is not None:
             parser.error(f"--{option.replace('_', '-')}: only with --suite answer")
     suite = bench.SUITES[args.suite]
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device: cuda was asked for but torch sees no CUDA device")
-    try:
-        shapes = [_parse_shape(s, suite) for s in args.shapes] if args.shapes else suite.default_shapes(device)
-    except ValueError as e:
-        parser.error(f"--shapes: {e}")
+    device = harness.choose_device(parser, args.device)
+    shapes = harness.choose_shapes(parser, args.shapes, suite, device)
     dtypes = _choose(parser, "--dtypes", args.dtypes, suite.dtypes, suite.default_dtypes(device))
     modes = _choose(parser, "--modes", args.modes, suite.modes, list(suite.modes))
     providers = _choose(parser, "--providers", args.providers, suite.providers, suite.default_providers(device))
@@ -153,13 +148,7 @@ def _bench(args: argparse.Namespace, command: str) -> int:
         reason = suite.unavailable(p, device)
         if reason:
             parser.error(f"--providers: {p} cannot run on {device}: {reason}")
-    if args.append and not args.csv:
-        parser.error("--append: only with --csv PATH")
-    if args.append:  # before the run, not after it
-        try:
-            bench.check_appendable(args.csv, suite)
-        except ValueError as e:
-            parser.error(str(e))
+    harness.check_append(parser, args.csv, args.append, harness.columns(suite), f"a {suite.name} run")
     if args.providers is None:  # say what the default set leaves out, and why
         for p in suite.providers:
             reason = suite.unavailable(p, device)

@@ -146,6 +146,8 @@ def test_the_examples_are_seeded_and_varied():
         ([*TINY, "--rep-ms", "10"], "--rep-ms"),
         ([*TINY, "--batch-sizes", "0"], "--batch-sizes"),
         ([*TINY, "--shapes", "4x1024"], "--shapes"),
+        ([*TINY, "--shapes", "4by64"], "--shapes: '4by64' is neither"),
+        ([*TINY, "--append"], "--append: only with --csv PATH"),
         ([*TINY, "--dtypes", "bf16"], "--dtypes"),
         ([*TINY, "--providers", "eager"], "--providers"),
         ([*TINY, "--providers", "pipeline", "--pipeline-python", "/nonexistent/python"], "does not exist"),

@@ -764,20 +764,14 @@ def bench_command(args: Any, command: str) -> int:
     from .. import bench
     from . import harness
     from .harness import choose_values as _choose
-    from .harness import parse_shape as _parse_shape
 
     parser = args.subparser
     suite = bench.SUITES["answer"]
     for option in ("warmup_ms", "rep_ms", "plot"):
         if getattr(args, option) is not None:
             parser.error(f"--{option.replace('_', '-')}: not used by the answer suite (one timed pass per round)")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device: cuda was asked for but torch sees no CUDA device")
-    try:
-        shapes = [_parse_shape(s, suite) for s in args.shapes] if args.shapes else suite.default_shapes(device)
-    except ValueError as e:
-        parser.error(f"--shapes: {e}")
+    device = harness.choose_device(parser, args.device)
+    shapes = harness.choose_shapes(parser, args.shapes, suite, device)
     for _, s in shapes:
         if s < 8 or s > 512:
             parser.error(f"--shapes: S (max_length) must be in [8, 512] (the model's positions); got {s}")
@@ -799,13 +793,7 @@ def bench_command(args: Any, command: str) -> int:
     ):
         if any(v < 1 for v in values):
             parser.error(f"{name}: must be >= 1; got {values}")
-    if args.append and not args.csv:
-        parser.error("--append: only with --csv PATH")
-    if args.append:
-        try:
-            harness.csv_appendable(args.csv, COLUMNS, "an answer run")
-        except ValueError as e:
-            parser.error(str(e))
+    harness.check_append(parser, args.csv, args.append, COLUMNS, "an answer run")
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads: must be >= 1; got {args.threads}")

@@ -423,11 +423,6 @@ def write_rows(rows: Sequence[dict], path: str, fields: Sequence[str], what: str
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
 
 
-def check_appendable(path: str, suite: Suite) -> bool:
-    """:func:`csv_appendable` for a suite's rows."""
-    return csv_appendable(path, columns(suite), f"a {suite.name} run")
-
-
 def noisy_rows(rows: Sequence[dict], suite: Suite) -> list[str]:
     """The results whose p20-p80 spread is wider than their median, described (dims, dtype, mode,
     provider): noise a reader would otherwise take for a result."""
@@ -535,6 +530,36 @@ def choose_values(parser, option: str, given: Optional[list[str]], allowed: tupl
         if value not in allowed:
             parser.error(f"{option}: {value!r} is not one of {', '.join(allowed)}")
     return list(dict.fromkeys(given))
+
+
+def choose_device(parser, requested: Optional[str]) -> str:
+    """--device: the one asked for (refused when torch cannot use it), else cuda where torch sees
+    one, else cpu."""
+    device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device: cuda was asked for but torch sees no CUDA device")
+    return device
+
+
+def choose_shapes(parser, requested: Optional[list[str]], suite, device: str) -> list[tuple[int, ...]]:
+    """--shapes: each value parsed (:func:`parse_shape`), else the suite's defaults for the device."""
+    try:
+        return [parse_shape(s, suite) for s in requested] if requested else suite.default_shapes(device)
+    except ValueError as e:
+        parser.error(f"--shapes: {e}")
+        raise  # parser.error exits; for the type checker
+
+
+def check_append(parser, csv_path: Optional[str], append: bool, fields: Sequence[str], what: str) -> None:
+    """--append: only with --csv, onto a file of the same columns (see :func:`csv_appendable`);
+    checked before the run, so that it does not fail after it."""
+    if append and not csv_path:
+        parser.error("--append: only with --csv PATH")
+    if append and csv_path:
+        try:
+            csv_appendable(csv_path, fields, what)
+        except ValueError as e:
+            parser.error(str(e))
 
 
 def warn_if_loaded(env: Environment) -> None:
