@@ -313,9 +313,9 @@ def pipeline_python(explicit: Optional[str] = None) -> tuple[Optional[str], str]
     """``(python, "")``: the Python whose transformers runs the pipeline (``explicit``, else
     ``$QA_KERNELS_TF4_PYTHON``, else this one if its transformers is 4.x); ``(None, why)`` without one."""
     if explicit:
-        return _probe(explicit, "--pipeline-python")
+        return probe_pipeline_python(explicit, "--pipeline-python")
     if os.environ.get(ENV_VAR):
-        return _probe(os.environ[ENV_VAR], ENV_VAR)
+        return probe_pipeline_python(os.environ[ENV_VAR], ENV_VAR)
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -328,13 +328,15 @@ def pipeline_python(explicit: Optional[str] = None) -> tuple[Optional[str], str]
             "is not set: give a Python with transformers 4.x (--pipeline-python or that variable; "
             "tests/pipeline_reference.py says how to make one)"
         )
-    return _probe(sys.executable, "this Python")
+    return probe_pipeline_python(sys.executable, "this Python")
 
 
 _PROBED: dict[str, tuple[Optional[str], str]] = {}
 
 
-def _probe(python: str, where: str) -> tuple[Optional[str], str]:
+def probe_pipeline_python(python: str, where: str) -> tuple[Optional[str], str]:
+    """``(python, "")`` when ``python`` runs and has transformers 4.x's question-answering pipeline,
+    else ``(None, why not)``, ``where`` naming what gave that Python (checked once per process)."""
     if python not in _PROBED:
         _PROBED[python] = _probe_uncached(python, where)
     return _PROBED[python]
