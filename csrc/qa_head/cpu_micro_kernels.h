@@ -139,14 +139,29 @@ QA_INLINE void load_block(const uint16_t* p, vfloat (&v)[2]) {  // bf16 -> fp32:
   v[0] = bits_to_vfloat(pairs << 16);
   v[1] = bits_to_vfloat(pairs & 0xFFFF0000u);
 }
+template <bool kWide>  // a vfloat is one register
 QA_INLINE void store_block(float* p, const vfloat (&v)[2]) {
   store_vec(p, v[0]);
   store_vec(p + kLanes, v[1]);
 }
 // bf16 rows: fp32 -> bf16 rounded as in common/bf16.h; even elements in the low halves, odd in the high.
+// Below AVX-512 by 32-byte halves: there GCC 12 tests a 64-byte vector for NaN lane by lane (a
+// vucomiss and a setnp per lane: 136 in the backward's bf16 micro-kernel), and a 32-byte one with
+// one vcmpps.
+template <bool kWide>
 QA_INLINE void store_block(uint16_t* p, const vfloat (&v)[2]) {
-  const vu32 pairs = (bf16_in_high_half<vu32>(v[0]) >> 16) | (bf16_in_high_half<vu32>(v[1]) & 0xFFFF0000u);
-  std::memcpy(p, &pairs, sizeof(pairs));
+  if constexpr (kWide) {
+    const vu32 pairs = (bf16_in_high_half<vu32>(v[0]) >> 16) | (bf16_in_high_half<vu32>(v[1]) & 0xFFFF0000u);
+    std::memcpy(p, &pairs, sizeof(pairs));
+  } else {
+    using vu32half = uint32_t __attribute__((vector_size(kLanes / 2 * sizeof(uint32_t))));
+    const vhalf even[2] = {lo_half(v[0]), hi_half(v[0])}, odd[2] = {lo_half(v[1]), hi_half(v[1])};
+    for (int half = 0; half < 2; ++half) {
+      const vu32half pairs = (bf16_in_high_half<vu32half>(even[half]) >> 16) |
+                             (bf16_in_high_half<vu32half>(odd[half]) & 0xFFFF0000u);
+      std::memcpy(p + half * kLanes, &pairs, sizeof(pairs));
+    }
+  }
 }
 // Asks for the block at p (kBlock elements) ahead of its use.
 template <typename X>
@@ -300,7 +315,7 @@ QA_INLINE void grad_rows_impl(const X* const* x_rows,  // kN pointers to rows of
       }
       if constexpr (kGradHidden) {
         const vfloat gv[2] = {c0 * v0[0] + c1 * v1[0], c0 * v0[1] + c1 * v1[1]};
-        store_block(g[r] + h, gv);
+        store_block<kWide>(g[r] + h, gv);
       }
       if constexpr (kGradWeight) {  // even rows into e*, odd rows into o*
         for (int i = 0; i < 2; ++i) {
@@ -325,8 +340,8 @@ QA_INLINE void grad_rows_impl(const X* const* x_rows,  // kN pointers to rows of
         p0[i] += e0[i] + o0[i];
         p1[i] += e1[i] + o1[i];
       }
-      store_block(pw0 + h, p0);
-      store_block(pw1 + h, p1);
+      store_block<kWide>(pw0 + h, p0);
+      store_block<kWide>(pw1 + h, p1);
     }
   }
   for (; h < H; ++h) {

@@ -458,3 +458,29 @@ def test_eager_calls_skip_the_op_dispatch_not_the_numbers(backend, device, label
     with torch.no_grad(), Record():
         qa_kernels.qa_head(hidden, weight, b, start, end)
     assert "qa_kernels.qa_head_fwd.default" in seen
+
+
+@pytest.mark.parametrize("H", [96, 100], ids=["H96", "H100"])  # whole blocks of 32, and a tail
+def test_bfloat16_nan_gradient_rows(backend, device, H):
+    """A NaN upstream gradient on one token: that token's grad_hidden row is NaN (native's rounding:
+    the bits of c10's float -> bfloat16 conversion, 0x7FC0, in its vector and tail code alike; torch's
+    bf16 matmul writes other NaN bits); every other row is the reference's."""
+    B, S = 3, 40
+    hidden, weight, bias = make_inputs(B, S, H, torch.bfloat16, device)
+    g_start, g_end = torch.randn(B, S, device=device), torch.randn(B, S, device=device)
+    g_start[1, 5] = float("nan")
+
+    def grad_hidden(fn):
+        h = hidden.clone().requires_grad_()
+        out = fn(h, weight, bias)
+        ((out.start_logits.float() * g_start).sum() + (out.end_logits.float() * g_end).sum()).backward()
+        return h.grad
+
+    ours, ref = grad_hidden(qa_kernels.qa_head), grad_hidden(reference.qa_head)
+    assert torch.isnan(ours[1, 5]).all() and torch.isnan(ref[1, 5]).all()
+    if backend == "native" and torch.device(device).type == "cpu":
+        assert (ours[1, 5].view(torch.int16) == 0x7FC0).all(), ours[1, 5].view(torch.int16).unique()
+    rest = torch.ones(B, S, dtype=torch.bool, device=device)
+    rest[1, 5] = False
+    assert not torch.isnan(ours[rest]).any()
+    assert_close(ours[rest], ref[rest], TOLERANCE["eager"][torch.bfloat16], "grad_hidden, the other rows")
