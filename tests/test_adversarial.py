@@ -528,3 +528,36 @@ def test_refusals_name_what_they_refuse(monkeypatch):
         qa_kernels.qa_head(torch.randn(1, 3, 4), torch.randn(2, 4))
     with pytest.raises(ValueError, match=r"backend must be one of .*got 3"):
         qa_kernels.set_backend(3)
+
+
+@pytest.mark.parametrize("how", ["reentrant", "non_reentrant", "anomaly", "retain_graph_twice"])
+def test_activation_checkpointing_and_autograd_modes(backend, device, how):
+    """Activation checkpointing (the forward recomputed in the backward), anomaly detection and a
+    retained graph backpropagated twice give the reference's gradients."""
+    from torch.utils.checkpoint import checkpoint
+
+    hidden, weight, bias, start, end = _small(device)
+    g = torch.tensor(1.7, device=device)
+
+    def grads(fn):
+        leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+
+        def loss_of(h):
+            return fn(h, leaves[1], leaves[2], start, end).loss * g
+
+        if how in ("reentrant", "non_reentrant"):
+            checkpoint(loss_of, leaves[0], use_reentrant=how == "reentrant").backward()
+        elif how == "anomaly":
+            with torch.autograd.set_detect_anomaly(True):
+                loss_of(leaves[0]).backward()
+        else:
+            loss = loss_of(leaves[0])
+            loss.backward(retain_graph=True)
+            loss.backward()
+        return [t.grad for t in leaves]
+
+    for name, x, y in zip(
+        ("hidden", "weight", "bias"), grads(qa_kernels.qa_head), grads(reference.qa_head), strict=True
+    ):
+        # grad_bias of a loss is 0 in exact arithmetic: rounding noise, bounded absolutely.
+        assert_close(x, y, 2e-5, f"grad_{name} ({how})", atol=1e-6 if name == "bias" else 1e-7)
