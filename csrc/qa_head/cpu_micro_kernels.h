@@ -2,8 +2,9 @@
 // token rows at a time, each weight vector load serving those rows and each hidden load both
 // sides, on fp32 or raw-bf16 rows (bf16 as even/odd pairs, weights and partials to match),
 // written with GCC/Clang vector extensions and compiled for AVX-512, AVX2+FMA and baseline x86-64
-// (target_clones: the loader picks one per machine). Also the multiversioned conversion loops the
-// row loaders use.
+// (GCC's function multiversioning: the loader picks one per machine; the row kernels are written per
+// instruction set where GCC's code for one was poor on another, see QA_PER_ISA). Also the
+// multiversioned conversion loops the row loaders use.
 //
 // Included by qa_head_cpu.cpp only: its definitions have internal linkage (an anonymous namespace)
 // and are compiled in that unit.
@@ -193,7 +194,7 @@ QA_INLINE void store_one(uint16_t* p, float v) { *p = bf16_bits(v); }
 // GCC 12 made the row the operand of every FMA: two loads of each block of it).
 // Measured, the forward op alone, 2 threads, 32x384x1024: on an AMD EPYC (AVX2) bf16 3.8 ms with
 // vfloat sums, 1.6 with halves, fp32 3.8 and 3.2-3.6; on an Intel Xeon (AVX-512), where the halves
-// cost a multiply, an extract and two adds per product, see dot2_rows.
+// cost a multiply, an extract and two adds per product, see QA_MICRO_KERNELS.
 template <bool kWide>
 struct DotSums;
 template <>
@@ -355,7 +356,6 @@ QA_INLINE void grad_rows_impl(const X* const* x_rows,  // kN pointers to rows of
   }
 }
 
-// The multiversioned entry points: fp32 rows (in place, or a converted scratch tile) and bf16 rows.
 // The entry points, per ISA (QA_PER_ISA): fp32 rows (in place, or a converted scratch tile) and
 // bf16 rows. Measured on an Intel Xeon (AVX-512) VM, 2 threads, 32x384x1024, cold, against the
 // AVX2 forms on AVX-512 too (alternated runs): the forward op alone (no labels) fp32 2.12-2.18 ms
