@@ -75,8 +75,6 @@ __device__ __forceinline__ int64_t clamp_target(int64_t pos, int64_t S) {
 // Forward
 // ------------------------------------------------------------------------------------------------
 
-// start[t] = sum_h round(hidden[t, h]) * w[0, h] + bias[0];  end[t] likewise with w[1], bias[1]
-// (t = b * S + s; fp32 accumulation; w and bias already rounded to the mm dtype, fp32).
 // One token row's two logits, as one warp computes them (lanes stride over H, then a butterfly
 // sum): both logits kernels call this, so the one-pass forward's logits are bitwise the plain one's.
 // Every lane returns the full sums.
@@ -100,6 +98,8 @@ __device__ __forceinline__ float2 row_logits(const scalar_t* __restrict__ row,  
   return make_float2(acc0, acc1);
 }
 
+// start[t] = sum_h round(hidden[t, h]) * w[0, h] + bias[0];  end[t] likewise with w[1], bias[1]
+// (t = b * S + s; fp32 accumulation; w and bias already rounded to the mm dtype, fp32).
 template <typename scalar_t, typename out_t>
 __global__ void logits_kernel(const scalar_t* __restrict__ hidden,  // (B, S, H) strided
                               const float* __restrict__ w,          // (2, H) fp32 contiguous

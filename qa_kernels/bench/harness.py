@@ -20,6 +20,7 @@ suite's reference. This module times those callables the same way for every suit
 
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 import os
@@ -532,7 +533,7 @@ def choose_values(parser, option: str, given: Optional[list[str]], allowed: tupl
     return list(dict.fromkeys(given))
 
 
-def choose_device(parser, requested: Optional[str]) -> str:
+def choose_device(parser: argparse.ArgumentParser, requested: Optional[str]) -> str:
     """--device: the one asked for (refused when torch cannot use it), else cuda where torch sees
     one, else cpu."""
     device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -541,16 +542,19 @@ def choose_device(parser, requested: Optional[str]) -> str:
     return device
 
 
-def choose_shapes(parser, requested: Optional[list[str]], suite, device: str) -> list[tuple[int, ...]]:
+def choose_shapes(
+    parser: argparse.ArgumentParser, requested: Optional[list[str]], suite, device: str
+) -> list[tuple[int, ...]]:
     """--shapes: each value parsed (:func:`parse_shape`), else the suite's defaults for the device."""
     try:
         return [parse_shape(s, suite) for s in requested] if requested else suite.default_shapes(device)
     except ValueError as e:
         parser.error(f"--shapes: {e}")
-        raise  # parser.error exits; for the type checker
 
 
-def check_append(parser, csv_path: Optional[str], append: bool, fields: Sequence[str], what: str) -> None:
+def check_append(
+    parser: argparse.ArgumentParser, csv_path: Optional[str], append: bool, fields: Sequence[str], what: str
+) -> None:
     """--append: only with --csv, onto a file of the same columns (see :func:`csv_appendable`);
     checked before the run, so that it does not fail after it."""
     if append and not csv_path:
