@@ -14,7 +14,8 @@ TORCH_LIBRARY(qa_kernels_native, m) {
   m.def(
       "qa_head_fwd(Tensor hidden, Tensor weight, Tensor? bias, Tensor? start_positions, Tensor? end_positions, "
       "Tensor? num_items, float? num_items_value, ScalarType? cast_dtype, bool one_pass) "
-      "-> (Tensor start_logits, Tensor end_logits, Tensor loss, Tensor lse, Tensor scale, Tensor grad_weight_loss)");
+      "-> (Tensor start_logits, Tensor end_logits, Tensor loss, Tensor lse, Tensor scale, Tensor grad_weight_loss, "
+      "Tensor grad_bias_loss)");
   m.def(
       "qa_head_bwd(Tensor? grad_start, Tensor? grad_end, Tensor? grad_loss, Tensor hidden, Tensor weight, "
       "Tensor start_logits, Tensor end_logits, Tensor lse, Tensor scale, Tensor? start_positions, "

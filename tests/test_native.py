@@ -223,7 +223,7 @@ def test_grad_hidden_buffer_is_reused_only_after_release():
     B, S, H = 4, 384, 1024  # 6 MiB of fp32: above the cache's 4 MiB floor
     hidden, weight = torch.randn(B, S, H), torch.randn(2, H) * 0.05
     ops = torch.ops.qa_kernels_native
-    start_logits, end_logits, _, lse, scale, _ = ops.qa_head_fwd(
+    start_logits, end_logits, _, lse, scale, *_ = ops.qa_head_fwd(
         hidden, weight, None, None, None, None, None, None, False
     )
 

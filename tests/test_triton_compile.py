@@ -94,7 +94,7 @@ def test_launch_grids_fit_cuda_limits(monkeypatch, B, S):
     weight = torch.empty((2, H), dtype=torch.bfloat16, **meta)
     positions = torch.empty((B,), dtype=torch.int64, **meta)
     # one_pass: its forward blocks (BLOCK_S = 32) and the combine kernel's grid over H
-    start, end, _, lse, scale, _ = head_k.qa_head_fwd(hidden, weight, weight[0], positions, positions, None, None,
+    start, end, _, lse, scale, *_ = head_k.qa_head_fwd(hidden, weight, weight[0], positions, positions, None, None,
                                                       None, True)  # fmt: skip
     head_k.qa_head_fwd(hidden, weight, weight[0], positions, positions, None, None, None, False)  # BLOCK_S = 16
     head_k.qa_head_bwd(start, end, torch.empty((), **meta), hidden, weight, start, end, lse, scale,

@@ -111,12 +111,13 @@ def variants():
                    {"S": S}, bwd_warps)  # fmt: skip
     # The loss kernel reads only the logits (the output dtype): the autocast case is the bf16 one.
     loss_shapes = _with_unaligned([(32, 384), (64, 4096)])
-    for out, (B, S), pos, mode in itertools.product(("fp32", "bf16", "fp16"), loss_shapes, ("i64", "i32"), (0, 1, 2)):
+    for out, (B, S), pos, mode, store_psum in itertools.product(("fp32", "bf16", "fp16"), loss_shapes, ("i64", "i32"),
+                                                            (0, 1, 2), (False, True)):  # fmt: skip
         block_b, block_s, loss_warps = k._loss_blocks(B, S)  # the launcher's own choice
-        yield (k._qa_loss_kernel, f"loss B={B} S={S} logits={out} pos={pos} mode={mode}",
+        yield (k._qa_loss_kernel, f"loss B={B} S={S} logits={out} pos={pos} mode={mode} psum={store_psum}",
                {"start_ptr": out, "end_ptr": out, "start_pos_ptr": pos, "end_pos_ptr": pos, "num_items_ptr": "i64"},
-               {"NUM_ITEMS_MODE": mode, "BLOCK_B": block_b, "BLOCK_S": block_s}, {"B": B, "S": S},
-               loss_warps)  # fmt: skip
+               {"NUM_ITEMS_MODE": mode, "STORE_PSUM": store_psum, "BLOCK_B": block_b, "BLOCK_S": block_s},
+               {"B": B, "S": S}, loss_warps)  # fmt: skip
     for weight in ("fp32", "bf16"):
         for w, b in [(True, True), (True, False), (False, True)]:
             yield (k._qa_reduce_kernel, f"reduce w={weight} grad_w={w} grad_b={b}", {"grad_w_ptr": weight},

@@ -12,6 +12,8 @@
 //   grad_weight_loss[k] = d loss / d weight[k]
 //                = scale_k * sum_b valid (sum_s p_k[b, s] hidden[b, s] - hidden[b, target_k[b]]),
 //                  p_k[b] = softmax of the stored logits; 0 for a side with no valid row.
+//   grad_bias_loss[k] = d loss / d bias[k] = scale_k * sum_b valid (sum_s p_k[b, s] - 1): 0 in exact
+//                  arithmetic; sum_s p_k[b, s] is taken from the logsumexp's own running sum.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -22,9 +24,9 @@
 namespace qa_kernels {
 
 // (start_logits (B, S), end_logits (B, S), loss () fp32, lse (B, 2) fp32, scale (2,) fp32,
-// grad_weight_loss (2, H) fp32); without labels the last four are empty (0,) fp32 tensors, and
-// grad_weight_loss is empty unless one_pass was asked.
-using FwdOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// grad_weight_loss (2, H) fp32, grad_bias_loss (2,) fp32); without labels the last five are empty
+// (0,) fp32 tensors, and the last two are empty unless one_pass was asked.
+using FwdOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 // (grad_hidden (B, S, H), grad_weight (2, H), grad_bias (2,) fp32); each (0,) when not needed.
 using BwdOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 

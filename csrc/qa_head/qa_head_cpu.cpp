@@ -319,15 +319,19 @@ void combine_one_pass_cpu(const at::Tensor& hidden, at::ScalarType round_to,  //
 // Per side k of row b:  lse = m + log sum_s exp(x[s] - m)  (m = max_s x[s]);
 // nll = lse - x[target] when 0 <= target = clamp(pos, 0, S) < S, else the row is ignored.
 // loss = (sum_b nll_0 / n_0 + sum_b nll_1 / n_1) / 2,  scale[k] = 1 / (2 n_k): see qa_head.h.
+// With grad_bias_loss: grad_bias_loss[k] = scale_k * sum_b valid (psum_k[b] - 1), 0 for a side with
+// no valid row, where psum = sum_s exp(x[s] - lse) = (the logsumexp's sum) * exp(m - lse).
 // Row sums are in row order (deterministic); a side with no valid row gives 0 / 0 = NaN.
 void loss_cpu(const at::Tensor& start_f, const at::Tensor& end_f,  // (B, S) fp32 contiguous
               const at::Tensor& start_pos, const at::Tensor& end_pos,  // (B,) int64 contiguous
               const std::optional<float>& denominator,  // num_items, or nullopt: the mean
-              at::Tensor& loss, at::Tensor& lse, at::Tensor& scale) {  // () (B, 2) (2,) fp32
+              at::Tensor& loss, at::Tensor& lse, at::Tensor& scale,  // () (B, 2) (2,) fp32
+              float* grad_bias_loss) {  // (2,), or nullptr
   const int64_t B = start_f.size(0), S = start_f.size(1);
   const float* x[2] = {start_f.const_data_ptr<float>(), end_f.const_data_ptr<float>()};
   const int64_t* pos[2] = {start_pos.const_data_ptr<int64_t>(), end_pos.const_data_ptr<int64_t>()};
   float* lse_p = lse.data_ptr<float>();
+  std::vector<float> psum(2 * B);
   at::parallel_for(0, B, std::max<int64_t>(1, kGrainRows * 16 / S), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       for (int k = 0; k < 2; ++k) {
@@ -336,16 +340,19 @@ void loss_cpu(const at::Tensor& start_f, const at::Tensor& end_f,  // (B, S) fp3
         for (int64_t s = 0; s < S; ++s) m = std::max(m, row[s]);
         float sum = 0.f;
         for (int64_t s = 0; s < S; ++s) sum += std::exp(row[s] - m);
-        lse_p[b * 2 + k] = m + std::log(sum);
+        const float row_lse = m + std::log(sum);
+        lse_p[b * 2 + k] = row_lse;
+        psum[b * 2 + k] = sum * std::exp(m - row_lse);
       }
     }
   });
-  float nll_sum[2] = {0.f, 0.f}, count[2] = {0.f, 0.f};
+  float nll_sum[2] = {0.f, 0.f}, count[2] = {0.f, 0.f}, psum_sum[2] = {0.f, 0.f};
   for (int64_t b = 0; b < B; ++b) {
     for (int k = 0; k < 2; ++k) {
       const int64_t target = std::clamp<int64_t>(pos[k][b], 0, S);
       if (target == S) continue;
       nll_sum[k] += lse_p[b * 2 + k] - x[k][b * S + target];
+      psum_sum[k] += psum[b * 2 + k] - 1.f;
       count[k] += 1.f;
     }
   }
@@ -354,6 +361,9 @@ void loss_cpu(const at::Tensor& start_f, const at::Tensor& end_f,  // (B, S) fp3
   *loss.data_ptr<float>() = (nll_sum[0] / denom[0] + nll_sum[1] / denom[1]) / 2;
   float* scale_p = scale.data_ptr<float>();
   for (int k = 0; k < 2; ++k) scale_p[k] = 0.5f / denom[k];
+  if (grad_bias_loss != nullptr) {
+    for (int k = 0; k < 2; ++k) grad_bias_loss[k] = count[k] > 0.f ? psum_sum[k] * scale_p[k] : 0.f;
+  }
 }
 
 FwdOutputs qa_head_fwd_cpu(const at::Tensor& hidden,  // (B, S, H)
@@ -364,7 +374,7 @@ FwdOutputs qa_head_fwd_cpu(const at::Tensor& hidden,  // (B, S, H)
                            const std::optional<at::Tensor>& num_items,  // () any numeric dtype
                            std::optional<double> num_items_value,
                            std::optional<at::ScalarType> cast_dtype,
-                           bool one_pass) {  // with labels: grad_weight_loss in the same pass
+                           bool one_pass) {  // with labels: grad_weight_loss (same pass), grad_bias_loss
   check_fwd_inputs(hidden, weight, bias, start_positions, end_positions);
   const int64_t B = hidden.size(0), S = hidden.size(1), H = hidden.size(2);
   const bool has_labels = start_positions.has_value() && end_positions.has_value();
@@ -396,7 +406,8 @@ FwdOutputs qa_head_fwd_cpu(const at::Tensor& hidden,  // (B, S, H)
   });
   at::Tensor start = start_f.to(out_dtype), end = end_f.to(out_dtype);  // exact: already rounded
   if (!has_labels) {
-    return {start, end, empty_output(hidden), empty_output(hidden), empty_output(hidden), empty_output(hidden)};
+    return {start, end, empty_output(hidden), empty_output(hidden), empty_output(hidden), empty_output(hidden),
+            empty_output(hidden)};
   }
 
   at::Tensor loss = at::empty({}, f32);
@@ -409,8 +420,10 @@ FwdOutputs qa_head_fwd_cpu(const at::Tensor& hidden,  // (B, S, H)
     denominator = static_cast<float>(*num_items_value);
   }
   const at::Tensor pos[2] = {positions_as_int64(*start_positions), positions_as_int64(*end_positions)};
-  loss_cpu(start_f, end_f, pos[0], pos[1], denominator, loss, lse, scale);
   at::Tensor grad_weight_loss = empty_output(hidden);
+  at::Tensor grad_bias_loss = one_pass ? at::empty({2}, f32) : empty_output(hidden);
+  loss_cpu(start_f, end_f, pos[0], pos[1], denominator, loss, lse, scale,
+           one_pass ? grad_bias_loss.data_ptr<float>() : nullptr);
   if (one_pass) {
     grad_weight_loss = at::empty({2, H}, f32);
     const int64_t* pos_p[2] = {pos[0].const_data_ptr<int64_t>(), pos[1].const_data_ptr<int64_t>()};
@@ -419,7 +432,7 @@ FwdOutputs qa_head_fwd_cpu(const at::Tensor& hidden,  // (B, S, H)
                                      scale.const_data_ptr<float>(), grad_weight_loss.data_ptr<float>());
     });
   }
-  return {start, end, loss, lse, scale, grad_weight_loss};
+  return {start, end, loss, lse, scale, grad_weight_loss, grad_bias_loss};
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -192,18 +192,22 @@ __global__ void one_pass_logits_kernel(const scalar_t* __restrict__ hidden,  // 
 //   nll_k[b]  = lse[b, k] - x_k[b, target_k[b]]   on valid rows (target != S)
 // side_k = sum_b nll_k[b] / n_k;  loss = (side_0 + side_1) / 2;  scale[k] = 1 / (2 n_k), with
 // n_k = valid rows (mode 0; none: 0/0 = NaN, as eager), num_items_value (1) or *num_items (2).
+// With grad_bias_loss: grad_bias_loss[k] = scale_k * sum_b valid (psum_k[b] - 1), 0 for a side with
+// no valid row, psum = sum_s exp(x - lse) = (the logsumexp's sum) * exp(m - lse).
 template <typename out_t>
 __global__ void loss_kernel(const out_t* __restrict__ start, const out_t* __restrict__ end,  // (B, S)
                             const int64_t* __restrict__ start_pos, const int64_t* __restrict__ end_pos,  // (B,)
                             const float* __restrict__ num_items,  // () fp32, read in mode 2
                             float* __restrict__ loss, float* __restrict__ lse, float* __restrict__ scale,
+                            float* __restrict__ grad_bias_loss,  // (2,), or nullptr
                             int64_t B, int64_t S, float num_items_value, int mode) {
   __shared__ float warp_nll[kLossWarps][2];
   __shared__ float warp_count[kLossWarps][2];
+  __shared__ float warp_psum[kLossWarps][2];
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const out_t* logits[2] = {start, end};
   const int64_t* pos[2] = {start_pos, end_pos};
-  float nll_sum[2] = {0.f, 0.f}, count[2] = {0.f, 0.f};
+  float nll_sum[2] = {0.f, 0.f}, count[2] = {0.f, 0.f}, psum_sum[2] = {0.f, 0.f};
   for (int64_t b = warp; b < B; b += kLossWarps) {
     for (int k = 0; k < 2; ++k) {
       const out_t* row = logits[k] + b * S;
@@ -212,12 +216,14 @@ __global__ void loss_kernel(const out_t* __restrict__ start, const out_t* __rest
       m = warp_max(m);
       float l = 0.f;
       for (int64_t s = lane; s < S; s += kWarp) l += expf(static_cast<float>(row[s]) - m);
-      const float row_lse = m + logf(warp_sum(l));
+      l = warp_sum(l);
+      const float row_lse = m + logf(l);
       if (lane == 0) {
         lse[b * 2 + k] = row_lse;
         const int64_t target = clamp_target(pos[k][b], S);
         if (target != S) {
           nll_sum[k] += row_lse - static_cast<float>(row[target]);
+          psum_sum[k] += l * expf(m - row_lse) - 1.f;
           count[k] += 1.f;
         }
       }
@@ -227,20 +233,23 @@ __global__ void loss_kernel(const out_t* __restrict__ start, const out_t* __rest
     for (int k = 0; k < 2; ++k) {
       warp_nll[warp][k] = nll_sum[k];
       warp_count[warp][k] = count[k];
+      warp_psum[warp][k] = psum_sum[k];
     }
   }
   __syncthreads();
   if (threadIdx.x == 0) {
     float side[2], denom[2];
     for (int k = 0; k < 2; ++k) {
-      float nll = 0.f, n = 0.f;
+      float nll = 0.f, n = 0.f, psum = 0.f;
       for (int w = 0; w < kLossWarps; ++w) {  // warp order: deterministic
         nll += warp_nll[w][k];
         n += warp_count[w][k];
+        psum += warp_psum[w][k];
       }
       denom[k] = mode == 0 ? n : (mode == 1 ? num_items_value : *num_items);
       side[k] = nll / denom[k];
       scale[k] = 0.5f / denom[k];
+      if (grad_bias_loss != nullptr) grad_bias_loss[k] = n > 0.f ? psum * scale[k] : 0.f;
     }
     *loss = (side[0] + side[1]) / 2;
   }
@@ -401,7 +410,7 @@ FwdOutputs qa_head_fwd_cuda(const at::Tensor& hidden,  // (B, S, H)
                             const std::optional<at::Tensor>& num_items,  // ()
                             std::optional<double> num_items_value,
                             std::optional<at::ScalarType> cast_dtype,
-                            bool one_pass) {  // with labels: also grad_weight_loss
+                            bool one_pass) {  // with labels: also grad_weight_loss and grad_bias_loss
   check_fwd_inputs(hidden, weight, bias, start_positions, end_positions);
   const bool has_labels = start_positions.has_value() && end_positions.has_value();
   one_pass = one_pass && has_labels;
@@ -439,12 +448,14 @@ FwdOutputs qa_head_fwd_cuda(const at::Tensor& hidden,  // (B, S, H)
     });
   });
   if (!has_labels) {
-    return {start, end, empty_output(hidden), empty_output(hidden), empty_output(hidden), empty_output(hidden)};
+    return {start, end, empty_output(hidden), empty_output(hidden), empty_output(hidden), empty_output(hidden),
+            empty_output(hidden)};
   }
 
   at::Tensor loss = at::empty({}, f32);
   at::Tensor lse = at::empty({B, 2}, f32);
   at::Tensor scale = at::empty({2}, f32);
+  at::Tensor grad_bias_loss = one_pass ? at::empty({2}, f32) : empty_output(hidden);
   const at::Tensor start_pos = positions_as_int64(*start_positions);
   const at::Tensor end_pos = positions_as_int64(*end_positions);
   const at::Tensor num_items_f = num_items.has_value() ? num_items->to(at::kFloat) : at::Tensor();  // stays on device
@@ -453,10 +464,11 @@ FwdOutputs qa_head_fwd_cuda(const at::Tensor& hidden,  // (B, S, H)
     loss_kernel<scalar_t><<<1, kLossWarps * kWarp, 0, stream>>>(
         start.const_data_ptr<scalar_t>(), end.const_data_ptr<scalar_t>(), start_pos.const_data_ptr<int64_t>(),
         end_pos.const_data_ptr<int64_t>(), data_or_null(num_items_f), loss.data_ptr<float>(), lse.data_ptr<float>(),
-        scale.data_ptr<float>(), B, S, static_cast<float>(num_items_value.value_or(1.0)), mode);
+        scale.data_ptr<float>(), one_pass ? grad_bias_loss.data_ptr<float>() : nullptr, B, S,
+        static_cast<float>(num_items_value.value_or(1.0)), mode);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  if (!one_pass) return {start, end, loss, lse, scale, empty_output(hidden)};
+  if (!one_pass) return {start, end, loss, lse, scale, empty_output(hidden), grad_bias_loss};
 
   at::Tensor grad_weight_loss = at::empty({2, H}, f32);
   if (H > 0) {
@@ -472,7 +484,7 @@ FwdOutputs qa_head_fwd_cuda(const at::Tensor& hidden,  // (B, S, H)
       });
     });
   }
-  return {start, end, loss, lse, scale, grad_weight_loss};
+  return {start, end, loss, lse, scale, grad_weight_loss, grad_bias_loss};
 }
 
 BwdOutputs qa_head_bwd_cuda(const std::optional<at::Tensor>& grad_start,  // (B, S)

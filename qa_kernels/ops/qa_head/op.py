@@ -2,7 +2,7 @@
 
 ``qa_kernels::qa_head_fwd`` computes both logits, and with labels the loss plus the per-row
 logsumexp and per-side gradient scale that the backward needs; asked (``one_pass``), also the
-loss's gradient with respect to the weight. ``qa_kernels::qa_head_bwd`` computes the input
+loss's gradients with respect to the weight and the bias. ``qa_kernels::qa_head_bwd`` computes the input
 gradients from those.
 
 One pass over ``hidden`` in training. When only the loss is differentiated (transformers discards
@@ -12,10 +12,12 @@ the logits' gradients), the loss's gradient with respect to the weight is, per s
 
 with ``p_k[b] = softmax(logits_k[b])``: a softmax-weighted sum of hidden's rows, which a forward
 that reads each row once can accumulate with an online softmax (a running max and a rescaled
-accumulator: flash-attention's trick with one query). The backward then multiplies it by the
-upstream gradient and only writes ``grad_hidden``, reading the (B, S) logits, not hidden. When the
-logits receive gradients too, or for a double backward, the backward reads hidden as before (the
-two-pass path) and ``grad_weight_loss`` goes unused. Each runs the implementation the registry picks
+accumulator: flash-attention's trick with one query). The bias's, ``scale_k * sum over valid rows
+of (sum_s p_k[b, s] - 1)``, comes with the logsumexp. The backward then multiplies both by the
+upstream gradient and only writes ``grad_hidden``, reading the (B, S) logits, not hidden; with a
+frozen encoder (hidden needs no gradient) it runs no kernel at all. When the logits receive
+gradients too, or for a double backward, the backward reads hidden as before (the two-pass path)
+and ``grad_weight_loss`` / ``grad_bias_loss`` go unused. Each runs the implementation the registry picks
 (:func:`qa_kernels.backend.implementation`); every implementation module (``*_impl.py`` here)
 exposes the same two functions with the same signatures as the ops below.
 
@@ -47,17 +49,18 @@ def qa_head_fwd(
     num_items: Optional[Tensor],  # () scalar tensor: sum / num_items instead of the mean
     num_items_value: Optional[float],  # the same as a Python number
     cast_dtype: Optional[torch.dtype],  # autocast dtype: inputs rounded to it, logits stored in it
-    one_pass: bool,  # with labels: also compute grad_weight_loss
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    one_pass: bool,  # with labels: also compute grad_weight_loss and grad_bias_loss
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns ``(start_logits (B, S), end_logits (B, S), loss (), lse (B, 2), scale (2,),
-    grad_weight_loss (2, H))``.
+    grad_weight_loss (2, H), grad_bias_loss (2,))``.
 
     Without labels, ``loss``, ``lse`` and ``scale`` are empty float32 tensors of shape ``(0,)``.
     ``lse`` is each row's float32 logsumexp per side; ``scale[k]`` is ``1 / (2 * n_k)`` with ``n_k``
     the side's valid-row count, or ``num_items`` (the loss's derivative w.r.t. one row's NLL).
     ``grad_weight_loss`` is ``d loss / d weight`` in float32 (a side with no valid row contributes
-    0), from hidden rounded to the mm dtype as the logits are; empty ``(0,)`` without labels or
-    without ``one_pass``.
+    0), from hidden rounded to the mm dtype as the logits are; ``grad_bias_loss`` is
+    ``d loss / d bias`` in float32 (0 in exact arithmetic: rounding noise, or NaN where a valid
+    row's softmax is NaN, as eager's). Both are empty ``(0,)`` without labels or without ``one_pass``.
     """
     impl = implementation("qa_head", hidden.device.type)
     return impl.qa_head_fwd(
@@ -73,12 +76,13 @@ def _(hidden, weight, bias, start_positions, end_positions, num_items, num_items
     end = hidden.new_empty((B, S), dtype=out_dtype)
     empty = hidden.new_empty((0,), dtype=torch.float32)
     if start_positions is None or end_positions is None:
-        return start, end, empty, empty.clone(), empty.clone(), empty.clone()
+        return start, end, empty, empty.clone(), empty.clone(), empty.clone(), empty.clone()
     loss = hidden.new_empty((), dtype=torch.float32)
     lse = hidden.new_empty((B, 2), dtype=torch.float32)
     scale = hidden.new_empty((2,), dtype=torch.float32)
     grad_weight_loss = hidden.new_empty((2, H) if one_pass else (0,), dtype=torch.float32)
-    return start, end, loss, lse, scale, grad_weight_loss
+    grad_bias_loss = hidden.new_empty((2,) if one_pass else (0,), dtype=torch.float32)
+    return start, end, loss, lse, scale, grad_weight_loss, grad_bias_loss
 
 
 @torch.library.custom_op("qa_kernels::qa_head_bwd", mutates_args=())
@@ -129,13 +133,14 @@ def _setup_context(ctx, inputs, output):
     # hidden is saved for the two-pass backward even with one_pass (whether the logits will receive
     # gradients is known only then); it is a reference, and eager's nn.Linear keeps it too.
     hidden, weight, bias, start_positions, end_positions, _, _, cast_dtype, _ = inputs
-    start_logits, end_logits, _, lse, scale, grad_weight_loss = output
+    start_logits, end_logits, _, lse, scale, grad_weight_loss, grad_bias_loss = output
     saved_hidden = hidden if ctx.needs_input_grad[1] else None  # the weight's gradient
     if start_positions is not None:
         start_positions, end_positions = start_positions.clone(), end_positions.clone()
     ctx.save_for_backward(
-        saved_hidden, weight, start_logits, end_logits, lse, scale, start_positions, end_positions, grad_weight_loss
-    )
+        saved_hidden, weight, start_logits, end_logits, lse, scale, start_positions, end_positions,
+        grad_weight_loss, grad_bias_loss,
+    )  # fmt: skip
     ctx.hidden_meta = (hidden.shape, hidden.dtype)
     ctx.cast_dtype = cast_dtype
     ctx.bias_dtype = None if bias is None else bias.dtype
@@ -149,8 +154,10 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, grad_start, grad_end, grad_loss, _grad_lse, _grad_scale, _grad_gwl):
-    hidden, weight, start_logits, end_logits, lse, scale, start_pos, end_pos, grad_weight_loss = ctx.saved_tensors
+def _backward(ctx, grad_start, grad_end, grad_loss, _grad_lse, _grad_scale, _grad_gwl, _grad_gbl):
+    hidden, weight, start_logits, end_logits, lse, scale, start_pos, end_pos, grad_weight_loss, grad_bias_loss = (
+        ctx.saved_tensors
+    )
     needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
     if hidden is None:  # grad_weight not needed: a placeholder with hidden's shape and dtype, never read
         shape, dtype = ctx.hidden_meta
@@ -169,19 +176,26 @@ def _backward(ctx, grad_start, grad_end, grad_loss, _grad_lse, _grad_scale, _gra
             start_pos, end_pos, ctx.cast_dtype, needs_hidden, needs_weight, needs_bias,
         )  # fmt: skip
     else:
-        # One pass: only the loss is differentiated and the forward computed its weight gradient.
-        one_pass = needs_weight and grad_weight_loss.numel() > 0 and grad_start is None and grad_end is None
-        with use_backend(ctx.backend):
-            # EagerQAHead's backward calls the implementation as its forward did; the op's, the op.
-            bwd = implementation("qa_head", hidden.device.type).qa_head_bwd if ctx.direct else qa_head_bwd
-            grad_hidden, grad_weight, grad_bias = bwd(
-                grad_start, grad_end, grad_loss, hidden, weight, start_logits, end_logits, lse, scale,
-                start_pos, end_pos, ctx.cast_dtype, needs_hidden, needs_weight and not one_pass, needs_bias,
-            )  # fmt: skip
-        if one_pass and grad_loss is not None:
-            grad_weight = (grad_loss.float() * grad_weight_loss).to(weight.dtype)
-        elif one_pass:  # the loss received no gradient (None), and the logits none either
-            grad_weight = torch.zeros_like(weight)
+        # One pass: only the loss is differentiated and the forward computed its weight and bias
+        # gradients; the kernels then only write grad_hidden, and with hidden frozen do not run.
+        one_pass = (
+            needs_weight and grad_weight_loss.numel() > 0 and grad_loss is not None
+            and grad_start is None and grad_end is None
+        )  # fmt: skip
+        grad_hidden = grad_weight = grad_bias = None
+        if not one_pass or needs_hidden:
+            with use_backend(ctx.backend):
+                # EagerQAHead's backward calls the implementation as its forward did; the op's, the op.
+                bwd = implementation("qa_head", hidden.device.type).qa_head_bwd if ctx.direct else qa_head_bwd
+                grad_hidden, grad_weight, grad_bias = bwd(
+                    grad_start, grad_end, grad_loss, hidden, weight, start_logits, end_logits, lse, scale,
+                    start_pos, end_pos, ctx.cast_dtype,
+                    needs_hidden, needs_weight and not one_pass, needs_bias and not one_pass,
+                )  # fmt: skip
+        if one_pass:
+            g = grad_loss.float()
+            grad_weight = (g * grad_weight_loss).to(weight.dtype)
+            grad_bias = g * grad_bias_loss
     return (
         grad_hidden if needs_hidden else None,
         grad_weight if needs_weight else None,

@@ -46,7 +46,7 @@ def qa_head_fwd(hidden, weight, bias, start_positions, end_positions, num_items,
     end = logits[..., 1].to(out_dtype, memory_format=torch.contiguous_format, copy=True)
     if start_positions is None or end_positions is None:
         empty = hidden.new_empty((0,), dtype=torch.float32)
-        return start, end, empty, empty.clone(), empty.clone(), empty.clone()
+        return start, end, empty, empty.clone(), empty.clone(), empty.clone(), empty.clone()
 
     x = torch.stack([start, end], dim=1).float()  # (B, 2, S), the stored (rounded) logits
     lse = logsumexp(x, dim=-1)  # (B, 2)
@@ -64,9 +64,10 @@ def qa_head_fwd(hidden, weight, bias, start_positions, end_positions, num_items,
     lse = lse.contiguous()
     if one_pass:
         gwl = grad_weight_loss(hidden, weight, cast_dtype, start, end, lse, scale, start_positions, end_positions)
+        gbl = grad_bias_loss(start, end, lse, scale, start_positions, end_positions)
     else:
-        gwl = hidden.new_empty((0,), dtype=torch.float32)
-    return start, end, loss, lse, scale, gwl
+        gwl, gbl = hidden.new_empty((0,), dtype=torch.float32), hidden.new_empty((0,), dtype=torch.float32)
+    return start, end, loss, lse, scale, gwl, gbl
 
 
 def grad_weight_loss(
@@ -96,6 +97,26 @@ def grad_weight_loss(
         per_row = torch.where(valid.unsqueeze(-1), weighted - at_target, 0.0)
         coef = torch.where(valid.any(dim=0), scale, 0.0)  # (2,)
         return per_row.sum(dim=0) * coef.unsqueeze(-1)
+
+
+def grad_bias_loss(
+    start_logits: Tensor,  # (B, S), as stored
+    end_logits: Tensor,  # (B, S)
+    lse: Tensor,  # (B, 2) float32
+    scale: Tensor,  # (2,) float32
+    start_positions: Tensor,  # (B,)
+    end_positions: Tensor,  # (B,)
+) -> Tensor:
+    """``d loss / d bias`` (2,) float32, for an upstream gradient of 1:
+    ``scale_k * sum over valid rows b of (sum_s p_k[b, s] - 1)``. The bias shifts every logit of a
+    side alike, which its softmax cancels: 0 in exact arithmetic, float32 rounding noise here as in
+    eager, NaN where a valid row's softmax is (a +inf or NaN logit). The kernels take
+    ``sum_s p_k[b, s]`` from their logsumexp's own running sum."""
+    S = start_logits.shape[1]
+    x = torch.stack([start_logits, end_logits], dim=1).float()  # (B, 2, S)
+    _, valid = _targets(torch.stack([start_positions, end_positions], dim=1), S)
+    per_row = torch.where(valid, torch.exp(x - lse.unsqueeze(-1)).sum(dim=-1) - 1, 0.0)  # (B, 2)
+    return per_row.sum(dim=0) * torch.where(valid.any(dim=0), scale, 0.0)
 
 
 def qa_head_bwd(

@@ -7,9 +7,11 @@ Forward (2 launches; 3 with one_pass):
                       read (a block-local softmax max and exp-weighted sum of hidden's rows, fp32).
   _qa_loss_kernel     one program: per-row logsumexp in fp32 (online over S), clamp/ignore of the
                       positions, the mean (or sum / num_items) per side, the loss, and the per-side
-                      gradient scale for the backward. Everything stays on the device.
+                      gradient scale for the backward (one_pass: also each row's sum of its
+                      softmax, from the logsumexp's running sum). Everything stays on the device.
   _qa_one_pass_combine_kernel  (one_pass) rescales the blocks' shares by exp(block max - lse),
-                      subtracts the target rows and scales: grad_weight_loss, in a fixed order.
+                      subtracts the target rows and scales: grad_weight_loss, in a fixed order;
+                      and grad_bias_loss from the rows' softmax sums.
 Backward (2 launches):
   _qa_head_bwd_kernel d_logits from the saved logits, then one pass over H that writes grad_hidden
                       and per-block fp32 partials of grad_weight / grad_bias.
@@ -223,6 +225,7 @@ def _cross_entropy_rows(
 ):  # fmt: skip
     # lse[b] = logsumexp_s x[b, s]  (online over S in BLOCK_S chunks: m = running max, l = sum)
     # nll[b] = lse[b] - x[b, target[b]]  on valid rows, 0 on ignored ones
+    # psum[b] = sum_s softmax(x[b])[s] = l * exp(m - lse): 1 up to rounding (the bias's gradient)
     row_base = rows * S
     m = tl.full([BLOCK_B], float("-inf"), dtype=tl.float32)
     l = tl.zeros([BLOCK_B], dtype=tl.float32)
@@ -241,20 +244,24 @@ def _cross_entropy_rows(
     valid = valid & mask_b
     x_target = tl.load(logits_ptr + row_base + target, mask=valid, other=0.0).to(tl.float32)
     nll = tl.where(valid, lse - x_target, 0.0)
-    return lse, nll, valid
+    psum = l * tl.exp(m - lse)
+    return lse, nll, valid, psum
 
 
 @triton.jit
 def _qa_loss_kernel(
     start_ptr, end_ptr, start_pos_ptr, end_pos_ptr, num_items_ptr,  # pointers (inputs)
-    loss_ptr, lse_ptr, scale_ptr,  # pointers (outputs)
+    loss_ptr, lse_ptr, scale_ptr, psum_ptr,  # pointers (outputs)
     B, S, num_items_value,  # sizes, scalars
     stride_sp, stride_ep,  # strides
     NUM_ITEMS_MODE: tl.constexpr,  # 0: mean over valid rows, 1: / num_items_value, 2: / *num_items_ptr
+    STORE_PSUM: tl.constexpr,  # one_pass: also psum (B, 2), for grad_bias_loss
     BLOCK_B: tl.constexpr, BLOCK_S: tl.constexpr,
 ):  # fmt: skip
     # side_k = sum_b nll_k[b] / n_k   (n_k = valid rows of side k, or num_items)
     # loss = (side_0 + side_1) / 2;  scale_k = dloss / dnll_k[b] = 1 / (2 n_k)
+    # STORE_PSUM: psum[b, k] = sum_s softmax_k[b, s], read by the combine kernel (one more reduction
+    # here, at this kernel's 64 registers a thread, spilled on sm_90).
     # One program, fixed order: the loss is deterministic and needs no second launch.
     acc_nll_s = tl.zeros([BLOCK_B], dtype=tl.float32)
     acc_nll_e = tl.zeros([BLOCK_B], dtype=tl.float32)
@@ -263,12 +270,15 @@ def _qa_loss_kernel(
     for bb in range(0, tl.cdiv(B, BLOCK_B)):
         rows = (bb * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
         mask_b = rows < B
-        lse_s, nll_s, valid_s = _cross_entropy_rows(start_ptr, start_pos_ptr, rows, mask_b, S,
-                                                    stride_sp, BLOCK_B, BLOCK_S)  # fmt: skip
-        lse_e, nll_e, valid_e = _cross_entropy_rows(end_ptr, end_pos_ptr, rows, mask_b, S,
-                                                    stride_ep, BLOCK_B, BLOCK_S)  # fmt: skip
+        lse_s, nll_s, valid_s, psum_s = _cross_entropy_rows(start_ptr, start_pos_ptr, rows, mask_b, S,
+                                                            stride_sp, BLOCK_B, BLOCK_S)  # fmt: skip
+        lse_e, nll_e, valid_e, psum_e = _cross_entropy_rows(end_ptr, end_pos_ptr, rows, mask_b, S,
+                                                            stride_ep, BLOCK_B, BLOCK_S)  # fmt: skip
         tl.store(lse_ptr + rows * 2, lse_s, mask=mask_b)
         tl.store(lse_ptr + rows * 2 + 1, lse_e, mask=mask_b)
+        if STORE_PSUM:
+            tl.store(psum_ptr + rows * 2, psum_s, mask=mask_b)
+            tl.store(psum_ptr + rows * 2 + 1, psum_e, mask=mask_b)
         acc_nll_s += nll_s
         acc_nll_e += nll_e
         acc_cnt_s += valid_s.to(tl.float32)
@@ -290,8 +300,8 @@ def _qa_loss_kernel(
 
 @triton.jit
 def _qa_one_pass_combine_kernel(
-    partial_ptr, max_ptr, lse_ptr, scale_ptr, start_pos_ptr, end_pos_ptr,  # pointers (inputs)
-    hidden_ptr, start_ptr, grad_w_ptr,  # pointers (start_ptr: only its dtype is read; output)
+    partial_ptr, max_ptr, lse_ptr, psum_ptr, scale_ptr, start_pos_ptr, end_pos_ptr,  # pointers (inputs)
+    hidden_ptr, start_ptr, grad_w_ptr, grad_b_ptr,  # pointers (start_ptr: only its dtype is read; outputs)
     B, S, H, NB,  # sizes (NB: partial rows per batch row)
     stride_hb, stride_hs, stride_hh, stride_sp, stride_ep,  # strides
     ROUND_INPUTS: tl.constexpr,  # meta
@@ -303,6 +313,7 @@ def _qa_one_pass_combine_kernel(
     # side with no valid row (tl.where, not a product: its scale is inf). Ignored rows and rows past
     # B go through tl.where too (a +inf logit puts NaN into a row's partials and lse), and so do the
     # factors of blocks past NB (their -inf max less a -inf lse would be NaN).
+    # Program 0 also writes grad_bias_loss[k] = scale_k * sum_{valid b} (psum[b, k] - 1), the same way.
     # The same order every call (BLOCK_B rows, then BLOCK_C blocks a step, each step's sums a fixed
     # tree): bitwise deterministic, no atomics.
     out_ty = start_ptr.dtype.element_ty
@@ -312,6 +323,8 @@ def _qa_one_pass_combine_kernel(
     acc_end = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
     count_start = tl.zeros([BLOCK_B], dtype=tl.float32)
     count_end = tl.zeros([BLOCK_B], dtype=tl.float32)
+    bias_start = tl.zeros([BLOCK_B], dtype=tl.float32)
+    bias_end = tl.zeros([BLOCK_B], dtype=tl.float32)
     for bb in range(0, tl.cdiv(B, BLOCK_B)):
         rows = (bb * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
         mask_b = rows < B
@@ -346,10 +359,15 @@ def _qa_one_pass_combine_kernel(
         acc_end += tl.where(valid_e[:, None], row_e - h_e.to(tl.float32), 0.0)
         count_start += valid_s.to(tl.float32)
         count_end += valid_e.to(tl.float32)
+        bias_start += tl.where(valid_s, tl.load(psum_ptr + rows * 2, mask=valid_s, other=1.0) - 1.0, 0.0)
+        bias_end += tl.where(valid_e, tl.load(psum_ptr + rows * 2 + 1, mask=valid_e, other=1.0) - 1.0, 0.0)
     coef_s = tl.where(tl.sum(count_start, axis=0) > 0, tl.load(scale_ptr), 0.0)
     coef_e = tl.where(tl.sum(count_end, axis=0) > 0, tl.load(scale_ptr + 1), 0.0)
     tl.store(grad_w_ptr + offs_h, tl.sum(acc_start, axis=0) * coef_s, mask=mask_h)
     tl.store(grad_w_ptr + H + offs_h, tl.sum(acc_end, axis=0) * coef_e, mask=mask_h)
+    if tl.program_id(0) == 0:
+        tl.store(grad_b_ptr, tl.sum(bias_start, axis=0) * coef_s)
+        tl.store(grad_b_ptr + 1, tl.sum(bias_end, axis=0) * coef_e)
 
 
 @triton.jit
@@ -485,7 +503,7 @@ def qa_head_fwd(
     num_items_value: Optional[float],
     cast_dtype: Optional[torch.dtype],
     one_pass: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     B, S, H = hidden.shape
     device = hidden.device
     out_dtype = cast_dtype or hidden.dtype
@@ -508,32 +526,36 @@ def qa_head_fwd(
         )  # fmt: skip
     empty = torch.empty((0,), dtype=torch.float32, device=device)
     if start_positions is None or end_positions is None:
-        return start, end, empty, empty.clone(), empty.clone(), empty.clone()
+        return start, end, empty, empty.clone(), empty.clone(), empty.clone(), empty.clone()
 
     loss = torch.empty((), dtype=torch.float32, device=device)
     lse = torch.empty((B, 2), dtype=torch.float32, device=device)
     scale = torch.empty((2,), dtype=torch.float32, device=device)
+    psum = torch.empty((B, 2) if one_pass else (0,), dtype=torch.float32, device=device)
     block_b, block_s_loss, loss_warps = _loss_blocks(B, S)
     mode = 2 if num_items is not None else (1 if num_items_value is not None else 0)
     _qa_loss_kernel[(1,)](
         start, end, start_positions, end_positions, num_items if num_items is not None else loss,
-        loss, lse, scale,
+        loss, lse, scale, psum if one_pass else scale,
         B, S, float(num_items_value) if num_items_value is not None else 1.0,
         start_positions.stride(0), end_positions.stride(0),
-        NUM_ITEMS_MODE=mode, BLOCK_B=block_b, BLOCK_S=block_s_loss, num_warps=loss_warps,
+        NUM_ITEMS_MODE=mode, STORE_PSUM=one_pass, BLOCK_B=block_b, BLOCK_S=block_s_loss, num_warps=loss_warps,
     )  # fmt: skip
-    grad_weight_loss = empty.clone()
+    grad_weight_loss, grad_bias_loss = empty.clone(), empty.clone()
     if one_pass:
         grad_weight_loss = torch.empty((2, H), dtype=torch.float32, device=device)
+        grad_bias_loss = torch.empty((2,), dtype=torch.float32, device=device)
         block_b, block_c, block_h, warps = _combine_blocks(B, nb, H)
-        _qa_one_pass_combine_kernel[(triton.cdiv(H, block_h),)](
-            partial, maxes, lse, scale, start_positions, end_positions, hidden, start, grad_weight_loss,
+        # At least one program: program 0 writes grad_bias_loss, even for H = 0.
+        _qa_one_pass_combine_kernel[(max(1, triton.cdiv(H, block_h)),)](
+            partial, maxes, lse, psum, scale, start_positions, end_positions, hidden, start, grad_weight_loss,
+            grad_bias_loss,
             B, S, H, nb,
             *hidden.stride(), start_positions.stride(0), end_positions.stride(0),
             ROUND_INPUTS=cast_dtype is not None,
             BLOCK_B=block_b, BLOCK_C=block_c, BLOCK_H=block_h, num_warps=warps,
         )  # fmt: skip
-    return start, end, loss, lse, scale, grad_weight_loss
+    return start, end, loss, lse, scale, grad_weight_loss, grad_bias_loss
 
 
 def qa_head_bwd(

@@ -53,7 +53,7 @@ def test_opcheck_backward_op(backend, device, weight_layout):
     if weight_layout == "transposed":  # (H, 2) storage seen as (2, H), as a tied or transposed weight
         weight = weight.detach().t().contiguous().t()
     with torch.no_grad():
-        s, e, _, lse, scale, _ = head_op.qa_head_fwd(hidden, weight, b, start, end, None, None, None, False)
+        s, e, _, lse, scale, *_ = head_op.qa_head_fwd(hidden, weight, b, start, end, None, None, None, False)
     args = (torch.randn(3, 7, device=device), None, torch.tensor(0.7, device=device), hidden.detach(),
             weight.detach(), s, e, lse, scale, start, end, None, True, True, True)  # fmt: skip
     torch.library.opcheck(head_op.qa_head_bwd, args)
